@@ -1,0 +1,1 @@
+//! Placeholder: the epoll event loop arrives with the event-loop issue; nothing here yet.

@@ -1,0 +1,1 @@
+//! Placeholder: the loom models arrive with the loom issue; nothing here yet.

@@ -1,0 +1,1 @@
+//! Placeholder: the behavioural suite arrives with the event-loop issue; nothing here yet.
