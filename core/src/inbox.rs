@@ -106,6 +106,32 @@ impl<T, const N: usize> Inbox<T, N> {
         }
     }
 
+    /// Initializes an empty inbox in place and returns it; equivalent to writing
+    /// [`new`](Self::new) into `place`, but cell by cell, so a large inbox can be built
+    /// directly on the heap (`Box::new_uninit()`), never as a temporary on the stack.
+    pub fn init_in(place: &mut MaybeUninit<Self>) -> &mut Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::VALID;
+        let p = place.as_mut_ptr();
+        // SAFETY: `p` comes from a `&mut MaybeUninit<Self>`, so it is valid and aligned for
+        // writes of `Self` and of each field. Every field is written exactly once (the cells
+        // one by one, through pointers derived with `&raw mut`, never through a reference to
+        // uninitialized memory); afterwards the value is fully initialized.
+        unsafe {
+            (&raw mut (*p).head).write(CachePadded(AtomicUsize::new(0)));
+            (&raw mut (*p).tail).write(CachePadded(AtomicUsize::new(0)));
+            (&raw mut (*p).notified).write(CachePadded(AtomicU8::new(0)));
+            let cells = (&raw mut (*p).cells).cast::<Cell<T>>();
+            for i in 0..N {
+                cells.add(i).write(Cell {
+                    seq: AtomicUsize::new(i),
+                    value: UnsafeCell::new(MaybeUninit::uninit()),
+                });
+            }
+            place.assume_init_mut()
+        }
+    }
+
     /// The fixed capacity `N`.
     pub const fn capacity(&self) -> usize {
         N
@@ -272,6 +298,17 @@ mod tests {
         let _ = q.push(4).unwrap();
         let got: Vec<u32> = core::iter::from_fn(|| q.pop()).collect();
         assert_eq!(got, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn inbox_init_in_place_equals_new() {
+        let mut place = MaybeUninit::<Inbox<u32, 4>>::uninit();
+        let q = Inbox::init_in(&mut place);
+        assert_eq!(q.push(7).unwrap(), Wake::Needed);
+        assert_eq!(q.pop(), Some(7));
+        assert_eq!(q.pop(), None);
+        // SAFETY: `init_in` initialized it.
+        unsafe { place.assume_init_drop() };
     }
 
     #[test]

@@ -273,11 +273,20 @@ impl Lifecycle {
     }
 
     /// Undoes [`begin_run`](Self::begin_run) when the loop thread could not be started:
-    /// back to Ready, not live. A no-op in any state but Running.
+    /// not live any more, and back to Ready — also when a `stop` raced the failed start
+    /// (Stopping: nothing is left to stop). When a `destroy` raced it (Destroying), the
+    /// state stays and only the live bit goes, so that destroy's teardown can proceed.
+    /// A no-op when the live bit is clear (no run is pending).
     pub fn run_failed(&self) {
-        let _ = self.update(|w| match State::from_bits(w) {
-            State::Running => Ok(Self::with_state(w, State::Ready) & !LIVE),
-            _ => Err(()),
+        let _ = self.update(|w| {
+            if w & LIVE == 0 {
+                return Err(());
+            }
+            match State::from_bits(w) {
+                State::Running | State::Stopping => Ok(Self::with_state(w, State::Ready) & !LIVE),
+                State::Destroying => Ok(w & !LIVE),
+                _ => Err(()),
+            }
         });
     }
 

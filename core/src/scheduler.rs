@@ -21,6 +21,8 @@
 //! Between two pops no borrow is held, so the code running a task may schedule or cancel on
 //! this same scheduler ([`run_due`](Scheduler::run_due) passes `&mut Self` to its callback).
 
+use core::mem::MaybeUninit;
+
 use crate::{Full, TaskId, TaskStatus};
 
 const NIL: u32 = u32::MAX;
@@ -53,17 +55,32 @@ pub struct Batch {
 /// on bare metal); `N` the capacity (at most `u32::MAX - 1`). Deadlines are plain `u64`
 /// ticks of the caller's clock (nanoseconds in the shim); `u64::MAX` is a valid deadline.
 ///
-/// Memory: `N` slots of `size_of::<T>() + 32`-ish bytes plus `4 * N` bytes of heap indices,
-/// all inline; [`new`](Self::new) is `const`, so a scheduler can live in a `static`.
+/// Memory: `N` slots of `size_of::<T>() + 32` bytes (about; `T` is stored as `Option<T>`)
+/// plus `4 * N` bytes of heap indices, all inline. [`new`](Self::new) is `const`, so a
+/// scheduler can live in a `static`; [`init_in`](Self::init_in) builds one in place (in a
+/// `Box::new_uninit()`, say) without a full-size temporary on the stack.
 #[derive(Debug)]
 pub struct Scheduler<T, const N: usize> {
-    slots: heapless::Vec<Slot<T>, N>,
+    /// Slots `0..used` have been handed out at least once; the rest were never used.
+    used: u32,
     free: u32,
-    heap: heapless::Vec<u32, N>,
+    heap_len: u32,
     ready_head: u32,
     ready_tail: u32,
     ready_len: usize,
     next_seq: u64,
+    heap: [u32; N],
+    slots: [Slot<T>; N],
+}
+
+impl<T> Slot<T> {
+    const EMPTY: Self = Slot {
+        generation: 0,
+        link: Link::Free { next: NIL },
+        deadline: 0,
+        seq: 0,
+        payload: None,
+    };
 }
 
 impl<T, const N: usize> Default for Scheduler<T, N> {
@@ -83,13 +100,44 @@ impl<T, const N: usize> Scheduler<T, N> {
         #[allow(clippy::let_unit_value)]
         let () = Self::CAPACITY_FITS;
         Self {
-            slots: heapless::Vec::new(),
+            used: 0,
             free: NIL,
-            heap: heapless::Vec::new(),
+            heap_len: 0,
             ready_head: NIL,
             ready_tail: NIL,
             ready_len: 0,
             next_seq: 0,
+            heap: [0; N],
+            slots: [const { Slot::EMPTY }; N],
+        }
+    }
+
+    /// Initializes an empty scheduler in place and returns it; equivalent to writing
+    /// [`new`](Self::new) into `place`, but element by element, so a large scheduler can be
+    /// built directly on the heap (`Box::new_uninit()`), never as a temporary on the stack.
+    pub fn init_in(place: &mut MaybeUninit<Self>) -> &mut Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::CAPACITY_FITS;
+        let p = place.as_mut_ptr();
+        // SAFETY: `p` comes from a `&mut MaybeUninit<Self>`, so it is valid and aligned for
+        // writes of `Self` and of each of its fields. Every field is written exactly once
+        // (the arrays element by element, through pointers derived with `&raw mut`, which
+        // never creates a reference to uninitialized memory), so after the writes the whole
+        // value is initialized and `assume_init_mut` is sound.
+        unsafe {
+            (&raw mut (*p).used).write(0);
+            (&raw mut (*p).free).write(NIL);
+            (&raw mut (*p).heap_len).write(0);
+            (&raw mut (*p).ready_head).write(NIL);
+            (&raw mut (*p).ready_tail).write(NIL);
+            (&raw mut (*p).ready_len).write(0);
+            (&raw mut (*p).next_seq).write(0);
+            (&raw mut (*p).heap).cast::<u32>().write_bytes(0, N);
+            let slots = (&raw mut (*p).slots).cast::<Slot<T>>();
+            for i in 0..N {
+                slots.add(i).write(Slot::EMPTY);
+            }
+            place.assume_init_mut()
         }
     }
 
@@ -100,7 +148,7 @@ impl<T, const N: usize> Scheduler<T, N> {
 
     /// How many tasks are scheduled (ASAP and timed).
     pub fn len(&self) -> usize {
-        self.ready_len + self.heap.len()
+        self.ready_len + self.heap_len as usize
     }
 
     /// Whether no task is scheduled.
@@ -157,14 +205,14 @@ impl<T, const N: usize> Scheduler<T, N> {
         if self.ready_len > 0 {
             return Some(0);
         }
-        self.heap.first().map(|&i| self.slots[i as usize].deadline)
+        self.heap_top().map(|i| self.slots[i as usize].deadline)
     }
 
     /// Begins a batch at time `now`: moves every timed task due at `now` (deadline ≤ now) to
     /// the end of the ready list in `(deadline, submission)` order, and returns the marker
     /// that bounds the batch. Pop the batch with [`pop_due`](Self::pop_due).
     pub fn begin(&mut self, now: u64) -> Batch {
-        while let Some(&top) = self.heap.first() {
+        while let Some(top) = self.heap_top() {
             if self.slots[top as usize].deadline > now {
                 break;
             }
@@ -212,7 +260,7 @@ impl<T, const N: usize> Scheduler<T, N> {
             self.ready_unlink(head);
             head
         } else {
-            let top = *self.heap.first()?;
+            let top = self.heap_top()?;
             self.heap_remove(0);
             top
         };
@@ -243,7 +291,10 @@ impl<T, const N: usize> Scheduler<T, N> {
     }
 
     fn live_slot(&self, id: TaskId) -> Option<u32> {
-        let slot = self.slots.get(id.slot as usize)?;
+        if id.slot >= self.used {
+            return None;
+        }
+        let slot = &self.slots[id.slot as usize];
         match slot.link {
             Link::Free { .. } => None,
             _ if slot.generation != id.generation => None,
@@ -252,36 +303,27 @@ impl<T, const N: usize> Scheduler<T, N> {
     }
 
     fn alloc(&mut self, task: T, deadline: u64) -> Result<(u32, TaskId), Full<T>> {
-        let seq = self.next_seq;
         let idx = if self.free != NIL {
             let idx = self.free;
-            let slot = &mut self.slots[idx as usize];
-            let Link::Free { next } = slot.link else {
+            let Link::Free { next } = self.slots[idx as usize].link else {
                 unreachable!("free list holds a slot in use")
             };
             self.free = next;
-            slot.deadline = deadline;
-            slot.seq = seq;
-            slot.payload = Some(task);
             idx
+        } else if (self.used as usize) < N {
+            self.used += 1;
+            self.used - 1
         } else {
-            let idx = self.slots.len() as u32;
-            let slot = Slot {
-                generation: 0,
-                link: Link::Free { next: NIL },
-                deadline,
-                seq,
-                payload: Some(task),
-            };
-            if let Err(slot) = self.slots.push(slot) {
-                return Err(Full(slot.payload.expect("payload was just set")));
-            }
-            idx
+            return Err(Full(task));
         };
-        self.next_seq += 1;
+        let seq = self.take_seq();
+        let slot = &mut self.slots[idx as usize];
+        slot.deadline = deadline;
+        slot.seq = seq;
+        slot.payload = Some(task);
         let id = TaskId {
             slot: idx,
-            generation: self.slots[idx as usize].generation,
+            generation: slot.generation,
         };
         Ok((idx, id))
     }
@@ -340,21 +382,25 @@ impl<T, const N: usize> Scheduler<T, N> {
         self.slots[idx as usize].link = Link::Timed { pos: pos as u32 };
     }
 
+    fn heap_top(&self) -> Option<u32> {
+        (self.heap_len > 0).then(|| self.heap[0])
+    }
+
     fn heap_push(&mut self, idx: u32) {
-        let pos = self.heap.len();
-        // Cannot fail: the heap holds at most as many entries as there are slots.
-        let _ = self.heap.push(idx);
+        // Cannot overflow: the heap holds at most as many entries as there are slots.
+        let pos = self.heap_len as usize;
+        self.heap_len += 1;
         self.heap_set(pos, idx);
         self.sift_up(pos);
     }
 
     fn heap_remove(&mut self, pos: usize) {
-        let last = self.heap.len() - 1;
+        let last = self.heap_len as usize - 1;
         if pos != last {
             let moved = self.heap[last];
             self.heap_set(pos, moved);
         }
-        self.heap.truncate(last);
+        self.heap_len -= 1;
         if pos < last {
             self.sift_up(pos);
             self.sift_down(pos);
@@ -379,7 +425,7 @@ impl<T, const N: usize> Scheduler<T, N> {
     fn sift_down(&mut self, mut pos: usize) {
         let idx = self.heap[pos];
         let key = self.key(idx);
-        let len = self.heap.len();
+        let len = self.heap_len as usize;
         loop {
             let left = 2 * pos + 1;
             if left >= len {

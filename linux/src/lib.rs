@@ -1,1 +1,43 @@
-//! Placeholder: the epoll event loop arrives with the event-loop issue; nothing here yet.
+//! reseau-linux: the Linux shim of reseau — an epoll event loop with a dedicated thread.
+//!
+//! ```no_run
+//! use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+//!
+//! let mut el = EventLoop::new(EventLoopOptions::default())?;
+//! el.run()?;
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! el.schedule_now(move |handle, status| {
+//!     assert!(handle.is_on_loop_thread());
+//!     tx.send(status).unwrap();
+//! })
+//! .map_err(|e| e.kind)
+//! .unwrap();
+//! assert_eq!(rx.recv().unwrap(), TaskStatus::RunReady);
+//! el.destroy()?;
+//! # Ok::<(), reseau_linux::Error>(())
+//! ```
+//!
+//! - [`EventLoop`] / [`LoopHandle`]: run, stop, wait, destroy; schedule now, at a deadline
+//!   or serialized; cancel. Storage is reseau-core's fixed-capacity scheduler and inbox.
+//! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
+//!   creation fallbacks for old kernels and sandboxes.
+
+mod clock;
+mod error;
+mod event_loop;
+mod queues;
+mod stats;
+pub mod sys;
+mod task;
+mod thread_id;
+mod wakeup;
+
+pub use clock::{Clock, timeout_ms};
+pub use error::{Error, ScheduleError, ScheduleErrorKind};
+pub use event_loop::{EventLoop, EventLoopOptions, LoopHandle};
+pub use queues::CAPACITIES;
+pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
+pub use rustix::io::Errno;
+pub use stats::Stats;
+pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
+pub use task::{BoxedTask, Task, TaskHandle};

@@ -1,1 +1,5 @@
-//! Placeholder: the behavioural suite arrives with the event-loop issue; nothing here yet.
+//! reseau-tests: the behavioural suite's shared code: fuzz target bodies (run by the
+//! cargo-fuzz project in `fuzz/` and replayed on stable by `tests/fuzz_replay.rs`) and the
+//! helpers the integration tests in `tests/` share.
+
+pub mod fuzz;

@@ -113,10 +113,13 @@ fn lifecycle_every_transition_legal_and_illegal() {
         (From::Stopped, Op::Run, bad(S::Stopped), None, S::Stopped, false),
         (From::Destroying, Op::Run, bad(S::Destroying), None, S::Destroying, false),
         (From::Destroyed, Op::Run, bad(S::Destroyed), None, S::Destroyed, false),
-        // run_failed undoes only a run
+        // run_failed undoes only a run, also one a stop or a destroy raced
         (From::Running, Op::RunFailed, OK, None, S::Ready, false),
-        (From::Stopping, Op::RunFailed, OK, None, S::Stopping, true),
+        (From::Stopping, Op::RunFailed, OK, None, S::Ready, false),
+        (From::DestroyingLive, Op::RunFailed, OK, None, S::Destroying, false),
         (From::Ready, Op::RunFailed, OK, None, S::Ready, false),
+        (From::Stopped, Op::RunFailed, OK, None, S::Stopped, false),
+        (From::Destroying, Op::RunFailed, OK, None, S::Destroying, false),
         // stop
         (From::Ready, Op::Stop, OK, Some(StopOutcome::NotRunning), S::Ready, false),
         (From::Running, Op::Stop, OK, Some(StopOutcome::Requested), S::Stopping, true),
@@ -231,4 +234,31 @@ fn lifecycle_errors_name_operation_and_state() {
         e.to_string(),
         "teardown refused: the loop thread is still alive (loop being destroyed)"
     );
+}
+
+/// Found by the `lifecycle` fuzz target (shim mode): a `stop` or a `destroy` that lands
+/// between `begin_run` and a failed thread start used to leave the live bit set with no
+/// loop thread, so the loop could never run again and destroy's teardown was refused
+/// forever (its descriptors leaked).
+#[test]
+fn lifecycle_run_failed_after_a_racing_stop_or_destroy_clears_the_live_bit() {
+    // stop raced the failed start: the loop is ready to run again
+    let l = Lifecycle::new();
+    l.begin_run().unwrap();
+    assert_eq!(l.request_stop(), Ok(StopOutcome::Requested));
+    l.run_failed();
+    assert_eq!(l.state(), State::Ready);
+    assert!(!l.is_live());
+    l.begin_run().unwrap();
+    assert!(l.should_run());
+
+    // destroy raced the failed start: teardown succeeds
+    let l = Lifecycle::new();
+    l.begin_run().unwrap();
+    assert_eq!(l.begin_destroy(false), Ok(State::Running));
+    l.run_failed();
+    assert_eq!(l.state(), State::Destroying);
+    assert!(!l.is_live());
+    assert_eq!(l.finish_destroy(), Ok(()));
+    assert_eq!(l.state(), State::Destroyed);
 }

@@ -325,3 +325,16 @@ fn scheduler_matches_a_sorted_reference_under_random_churn() {
         assert!(s.is_empty());
     }
 }
+
+#[test]
+fn scheduler_init_in_place_equals_new() {
+    let mut place = core::mem::MaybeUninit::<Scheduler<Task, 16>>::uninit();
+    let s = Scheduler::init_in(&mut place);
+    assert!(s.is_empty());
+    assert_eq!(s.next_deadline(), None);
+    s.schedule_at(t(2), 5).unwrap();
+    s.schedule_now(t(1)).unwrap();
+    assert_eq!(run(s, 5), [(1, RunReady), (2, RunReady)]);
+    // SAFETY: `init_in` initialized it; dropping it in place releases nothing twice.
+    unsafe { place.assume_init_drop() };
+}

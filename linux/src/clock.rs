@@ -1,0 +1,49 @@
+//! The loop's clock: `CLOCK_MONOTONIC` in nanoseconds, or a test's own.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a loop reads the time, in nanoseconds; deadlines are on this scale.
+#[derive(Clone, Default)]
+pub enum Clock {
+    /// `clock_gettime(CLOCK_MONOTONIC)`.
+    #[default]
+    Monotonic,
+    /// A function of the caller's, e.g. a manual clock in tests. It must never go back.
+    Custom(Arc<dyn Fn() -> u64 + Send + Sync>),
+}
+
+impl Clock {
+    /// The current time in nanoseconds.
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::Monotonic => {
+                let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+                (t.tv_sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(t.tv_nsec as u64)
+            }
+            Clock::Custom(f) => f(),
+        }
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Clock::Monotonic => f.write_str("Clock::Monotonic"),
+            Clock::Custom(_) => f.write_str("Clock::Custom(..)"),
+        }
+    }
+}
+
+/// The `epoll_wait` timeout, in whole milliseconds, for a deadline `deadline` seen at
+/// `now`: rounded **up** (a deadline 0.5 ms away waits 1 ms rather than spinning at 0, the
+/// busy-spin aws-c-io's floored conversion causes) and clamped below `i32::MAX` ms, so
+/// rustix never switches to `epoll_pwait2`. `None` means no deadline: wait indefinitely.
+pub fn timeout_ms(deadline: Option<u64>, now: u64) -> Option<u32> {
+    let deadline = deadline?;
+    let ns = deadline.saturating_sub(now);
+    let ms = ns.div_ceil(1_000_000);
+    Some(ms.min(i32::MAX as u64 - 1) as u32)
+}

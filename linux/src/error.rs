@@ -1,0 +1,114 @@
+//! Errors: values with context (operation, state, errno), and the task handed back.
+
+use std::fmt;
+
+use reseau_core::LifecycleError;
+
+use crate::sys::SysError;
+use crate::task::Task;
+
+/// An error of the event loop.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A syscall failed; names the call and the errno.
+    Sys(SysError),
+    /// The operation is not legal in the loop's current state (names both), or was called
+    /// from a thread where it would deadlock.
+    InvalidState(LifecycleError),
+    /// The loop thread could not be spawned.
+    Spawn(std::io::ErrorKind),
+    /// An option is out of range.
+    InvalidOption(&'static str),
+    /// Destroy gave up waiting for the loop thread to exit (a task is still running); no
+    /// descriptor was closed: the loop thread keeps them, cancels what remains and closes
+    /// them itself when it exits.
+    LoopThreadAlive,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Sys(e) => e.fmt(f),
+            Error::InvalidState(e) => e.fmt(f),
+            Error::Spawn(kind) => write!(f, "spawning the loop thread failed: {kind}"),
+            Error::InvalidOption(what) => write!(f, "invalid option: {what}"),
+            Error::LoopThreadAlive => f.write_str(
+                "destroy: the loop thread is still alive after the teardown timeout; nothing was closed",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Sys(e) => Some(e),
+            Error::InvalidState(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SysError> for Error {
+    fn from(e: SysError) -> Self {
+        Error::Sys(e)
+    }
+}
+
+impl From<LifecycleError> for Error {
+    fn from(e: LifecycleError) -> Self {
+        Error::InvalidState(e)
+    }
+}
+
+/// Why a schedule was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleErrorKind {
+    /// The loop already holds its capacity of pending tasks.
+    Full {
+        /// The loop's capacity.
+        capacity: usize,
+    },
+    /// Destroy has begun (or finished); the lifecycle error names the state.
+    Destroyed(LifecycleError),
+}
+
+/// A refused schedule: why, and the task itself, handed back untouched.
+pub struct ScheduleError {
+    /// Why the schedule was refused.
+    pub kind: ScheduleErrorKind,
+    /// The task, never run: run it canceled, retry later, or drop it.
+    pub task: Task,
+}
+
+impl ScheduleError {
+    /// The task that was refused.
+    pub fn into_task(self) -> Task {
+        self.task
+    }
+}
+
+impl fmt::Debug for ScheduleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScheduleError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ScheduleErrorKind::Full { capacity } => write!(
+                f,
+                "schedule refused: the loop already holds {capacity} pending tasks; the task is handed back"
+            ),
+            ScheduleErrorKind::Destroyed(e) => {
+                write!(f, "schedule refused ({e}); the task is handed back")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScheduleError {}

@@ -1,0 +1,53 @@
+//! Counters of what a loop did, readable from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a loop's counters (since creation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks run with `RunReady`.
+    pub tasks_run: u64,
+    /// Tasks run with `Canceled` (explicit cancels and destroy).
+    pub tasks_canceled: u64,
+    /// Wakeup signals written (eventfd or pipe writes).
+    pub wakeups_written: u64,
+    /// Cross-thread schedules that needed no wakeup (one was already pending or the loop
+    /// was awake).
+    pub wakeups_coalesced: u64,
+    /// Calls to `epoll_wait`.
+    pub epoll_waits: u64,
+    /// Events returned by `epoll_wait` and dispatched (the wakeup's included).
+    pub events_dispatched: u64,
+    /// Tasks or callbacks that panicked; the loop caught each and went on.
+    pub panics_caught: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub tasks_run: AtomicU64,
+    pub tasks_canceled: AtomicU64,
+    pub wakeups_written: AtomicU64,
+    pub wakeups_coalesced: AtomicU64,
+    pub epoll_waits: AtomicU64,
+    pub events_dispatched: AtomicU64,
+    pub panics_caught: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            tasks_run: r(&self.tasks_run),
+            tasks_canceled: r(&self.tasks_canceled),
+            wakeups_written: r(&self.wakeups_written),
+            wakeups_coalesced: r(&self.wakeups_coalesced),
+            epoll_waits: r(&self.epoll_waits),
+            events_dispatched: r(&self.events_dispatched),
+            panics_caught: r(&self.panics_caught),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! A cheap, unique, never-reused identity for the current thread.
+//!
+//! `std::thread::ThreadId` cannot be stored in an atomic on stable Rust; this is a `u64`
+//! from a global counter, assigned on first use in each thread. 0 means "no thread".
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The current thread's identity (never 0).
+pub(crate) fn current() -> u64 {
+    ID.with(|id| {
+        if id.get() == 0 {
+            id.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        id.get()
+    })
+}

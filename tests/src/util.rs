@@ -1,0 +1,171 @@
+//! Helpers the integration tests share: descriptor inspection, a fault-injecting syscall
+//! seam, and bounded waits (a timeout is only ever a failure guard, never synchronisation).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reseau_linux::sys::{RealSyscalls, Syscalls};
+use reseau_linux::{Errno, EventLoop, EventLoopOptions};
+use rustix::event::epoll;
+
+/// How long a test waits for something that should happen at once before failing.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+/// Receives from `rx`, failing the test if nothing arrives within [`GUARD`].
+pub fn recv<T>(rx: &Receiver<T>) -> T {
+    rx.recv_timeout(GUARD)
+        .expect("timed out waiting for the loop (failure guard)")
+}
+
+/// The process's open descriptors, from `/proc/self/fd` (the directory's own descriptor
+/// excluded).
+pub fn open_fds() -> BTreeSet<i32> {
+    let dir = std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd");
+    let mut fds: BTreeSet<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The iterator's own descriptor was open while listing; drop those no longer open.
+    fds.retain(|&fd| rustix::io::fcntl_getfd(unsafe_borrow(fd)).is_ok());
+    fds
+}
+
+fn unsafe_borrow(fd: i32) -> BorrowedFd<'static> {
+    // SAFETY: only used for `fcntl(F_GETFD)` on a number just listed; if it was closed in
+    // between, the call fails with EBADF, which is the answer we want.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Whether `fd` has `FD_CLOEXEC`.
+pub fn is_cloexec(fd: BorrowedFd<'_>) -> bool {
+    rustix::io::fcntl_getfd(fd)
+        .expect("F_GETFD")
+        .contains(rustix::io::FdFlags::CLOEXEC)
+}
+
+/// Whether `fd` has `O_NONBLOCK`.
+pub fn is_nonblocking(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_getfl(fd)
+        .expect("F_GETFL")
+        .contains(rustix::fs::OFlags::NONBLOCK)
+}
+
+/// The raw numbers of a loop's descriptors.
+pub fn loop_fds(el: &EventLoop) -> Vec<i32> {
+    el.descriptors()
+        .iter()
+        .map(|(_, fd)| fd.as_raw_fd())
+        .collect()
+}
+
+/// A syscall seam that fails chosen calls with chosen errnos and counts calls.
+#[derive(Default)]
+pub struct Faults {
+    /// Fail `epoll_create1`.
+    pub epoll_create1: Option<Errno>,
+    /// Fail the legacy `epoll_create`.
+    pub epoll_create: Option<Errno>,
+    /// Fail `eventfd`.
+    pub eventfd: Option<Errno>,
+    /// Fail `pipe2`.
+    pub pipe2: Option<Errno>,
+    /// Fail the legacy `pipe`.
+    pub pipe: Option<Errno>,
+    /// Fail `fcntl(F_SETFD)`.
+    pub set_cloexec: Option<Errno>,
+    /// Fail `epoll_ctl(ADD)`.
+    pub epoll_add: Option<Errno>,
+    /// Errors the next `epoll_wait` calls return, in order (then the real call).
+    pub epoll_wait: Mutex<VecDeque<Errno>>,
+    /// How many `epoll_wait` calls were made.
+    pub waits: AtomicUsize,
+    /// Descriptors opened through this seam that a failure path should have closed.
+    pub opened: Mutex<Vec<i32>>,
+}
+
+impl Faults {
+    /// Options using this seam.
+    pub fn options(self: &Arc<Self>) -> EventLoopOptions {
+        EventLoopOptions {
+            syscalls: self.clone(),
+            ..EventLoopOptions::default()
+        }
+    }
+
+    fn note(&self, fd: &OwnedFd) {
+        self.opened.lock().unwrap().push(fd.as_raw_fd());
+    }
+}
+
+fn fail_or<T>(
+    e: Option<Errno>,
+    f: impl FnOnce() -> rustix::io::Result<T>,
+) -> rustix::io::Result<T> {
+    match e {
+        Some(e) => Err(e),
+        None => f(),
+    }
+}
+
+impl Syscalls for Faults {
+    fn epoll_create1(&self) -> rustix::io::Result<OwnedFd> {
+        fail_or(self.epoll_create1, || RealSyscalls.epoll_create1()).inspect(|fd| self.note(fd))
+    }
+    fn epoll_create(&self) -> rustix::io::Result<OwnedFd> {
+        fail_or(self.epoll_create, || RealSyscalls.epoll_create()).inspect(|fd| self.note(fd))
+    }
+    fn eventfd(&self) -> rustix::io::Result<OwnedFd> {
+        fail_or(self.eventfd, || RealSyscalls.eventfd()).inspect(|fd| self.note(fd))
+    }
+    fn pipe2(&self) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+        fail_or(self.pipe2, || RealSyscalls.pipe2()).inspect(|(r, w)| {
+            self.note(r);
+            self.note(w);
+        })
+    }
+    fn pipe(&self) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+        fail_or(self.pipe, || RealSyscalls.pipe()).inspect(|(r, w)| {
+            self.note(r);
+            self.note(w);
+        })
+    }
+    fn set_cloexec(&self, fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+        fail_or(self.set_cloexec, || RealSyscalls.set_cloexec(fd))
+    }
+    fn epoll_add(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
+        data: u64,
+        flags: epoll::EventFlags,
+    ) -> rustix::io::Result<()> {
+        fail_or(self.epoll_add, || {
+            RealSyscalls.epoll_add(epoll_fd, fd, data, flags)
+        })
+    }
+    fn epoll_wait(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        events: &mut Vec<epoll::Event>,
+        timeout_ms: Option<u32>,
+    ) -> rustix::io::Result<usize> {
+        self.waits.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.epoll_wait.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        RealSyscalls.epoll_wait(epoll_fd, events, timeout_ms)
+    }
+}
+
+/// Whether every descriptor this seam opened is closed now.
+pub fn all_closed(faults: &Faults) -> bool {
+    faults
+        .opened
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&fd| rustix::io::fcntl_getfd(unsafe_borrow(fd)).is_err())
+}

@@ -1,0 +1,486 @@
+//! Contract items 10-16, 22 and 23: scheduling, ordering, cancellation, capacity, wakeups,
+//! panics and the tick order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+
+use reseau_linux::{
+    BoxedTask, EventLoop, EventLoopOptions, LoopHandle, ScheduleErrorKind, TaskStatus,
+};
+use reseau_tests::util::recv;
+
+fn running() -> EventLoop {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    el
+}
+
+/// Runs `f` on the loop thread and returns its result.
+fn on_loop<R: Send + 'static>(
+    h: &LoopHandle,
+    f: impl FnOnce(&LoopHandle) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = channel();
+    h.schedule_now(move |h, _| {
+        tx.send(f(h)).unwrap();
+    })
+    .unwrap();
+    recv(&rx)
+}
+
+#[test]
+fn c10_tasks_scheduled_from_another_thread_run_on_the_loop_thread() {
+    let mut el = running();
+    let h = el.handle();
+    assert!(!h.is_on_loop_thread());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        h.schedule_now(move |h, st| {
+            let name = std::thread::current().name().map(str::to_owned);
+            tx.send((h.is_on_loop_thread(), name, st)).unwrap();
+        })
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+    let (on_loop, name, st) = recv(&rx);
+    assert!(on_loop);
+    assert_eq!(name.as_deref(), Some("reseau-el"));
+    assert_eq!(st, TaskStatus::RunReady);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c11_serialized_order_equals_linearization_order_at_high_contention() {
+    const PRODUCERS: u64 = 4;
+    const PER: u64 = 10_000;
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 16384,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    let record = Arc::new(Mutex::new(Vec::new()));
+    let executed = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = channel();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (h, record, executed, done_tx) = (
+                el.handle(),
+                record.clone(),
+                executed.clone(),
+                done_tx.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    let id = p * PER + i;
+                    let mut rec = record.lock().unwrap();
+                    let (executed, done_tx) = (executed.clone(), done_tx.clone());
+                    let mut task: BoxedTask = Box::new(move |_, st| {
+                        assert_eq!(st, TaskStatus::RunReady);
+                        let mut ex = executed.lock().unwrap();
+                        ex.push(id);
+                        if ex.len() as u64 == PRODUCERS * PER {
+                            done_tx.send(()).unwrap();
+                        }
+                    });
+                    // Retry on a full loop while still holding the record lock: the record
+                    // stays the linearization order of successful schedules.
+                    loop {
+                        match h.schedule_now_serialized(task) {
+                            Ok(_) => break,
+                            Err(e) => {
+                                assert!(matches!(e.kind, ScheduleErrorKind::Full { .. }));
+                                let back = e.into_task();
+                                task = Box::new(move |h, st| back.run(h, st));
+                                // The loop drains concurrently; let it.
+                                std::thread::yield_now();
+                                continue;
+                            }
+                        }
+                    }
+                    rec.push(id);
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    recv(&done_rx);
+    let record = record.lock().unwrap().clone();
+    let executed = executed.lock().unwrap().clone();
+    assert_eq!(executed.len(), record.len());
+    assert!(
+        executed == record,
+        "execution order differs from the linearization order"
+    );
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c12_timed_tasks_never_run_early() {
+    let mut el = running();
+    let h = el.handle();
+    let (tx, rx) = channel();
+    let now = h.now();
+    for ms in [30u64, 5, 15, 1] {
+        let deadline = now + ms * 1_000_000;
+        let tx = tx.clone();
+        h.schedule_at(deadline, move |h, st| {
+            tx.send((ms, h.now() >= deadline, st)).unwrap();
+        })
+        .unwrap();
+    }
+    let got: Vec<_> = (0..4).map(|_| recv(&rx)).collect();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 5, 15, 30]);
+    assert!(
+        got.iter().all(|g| g.1 && g.2 == TaskStatus::RunReady),
+        "{got:?}"
+    );
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c12_equal_deadlines_run_in_submission_order() {
+    let mut el = running();
+    let h = el.handle();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = channel();
+    let deadline = h.now() + 5_000_000;
+    // Half from the loop thread (straight into the scheduler), half from here (inbox).
+    let o = order.clone();
+    on_loop(&h, move |h| {
+        for i in 0..6 {
+            let o = o.clone();
+            h.schedule_at(deadline, move |_, _| o.lock().unwrap().push(i))
+                .unwrap();
+        }
+    });
+    for i in 6..12 {
+        let (o, tx) = (order.clone(), tx.clone());
+        h.schedule_at(deadline, move |_, _| {
+            let mut o = o.lock().unwrap();
+            o.push(i);
+            if o.len() == 12 {
+                tx.send(()).unwrap();
+            }
+        })
+        .unwrap();
+    }
+    recv(&rx);
+    assert_eq!(*order.lock().unwrap(), (0..12).collect::<Vec<_>>());
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c12_sub_millisecond_deadline_does_not_busy_spin() {
+    let mut el = running();
+    let h = el.handle();
+    let (tx, rx) = channel();
+    // Schedule from the loop thread so no cross-thread wakeup is involved, and count the
+    // epoll_wait calls between scheduling and running.
+    let before = on_loop(&h, move |h| {
+        let before = h.stats().epoll_waits;
+        let deadline = h.now() + 500_000;
+        h.schedule_at(deadline, move |h, _| {
+            tx.send(h.stats().epoll_waits).unwrap()
+        })
+        .unwrap();
+        before
+    });
+    let at_run = recv(&rx);
+    let waits = at_run - before;
+    assert!(
+        waits <= 4,
+        "a 0.5 ms deadline cost {waits} epoll_wait calls"
+    );
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c13_cancel_runs_once_with_canceled_and_twice_or_after_run_is_a_no_op() {
+    let mut el = running();
+    let h = el.handle();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = channel();
+    let (r, t) = (runs.clone(), tx.clone());
+    let far = h.now() + 3_600_000_000_000;
+    let task = h
+        .schedule_at(far, move |h, st| {
+            r.lock().unwrap().push((st, h.is_on_loop_thread()));
+            t.send(()).unwrap();
+        })
+        .unwrap();
+    h.cancel(&task);
+    recv(&rx);
+    h.cancel(&task);
+    // A later task proves the second cancel produced nothing before it.
+    on_loop(&h, |_| ());
+    assert_eq!(*runs.lock().unwrap(), [(TaskStatus::Canceled, true)]);
+
+    // Cancel after run: a no-op.
+    let (r, t) = (runs.clone(), tx.clone());
+    let task = h
+        .schedule_now(move |_, st| {
+            r.lock().unwrap().push((st, true));
+            t.send(()).unwrap();
+        })
+        .unwrap();
+    recv(&rx);
+    h.cancel(&task);
+    on_loop(&h, |_| ());
+    assert_eq!(runs.lock().unwrap().len(), 2);
+    assert_eq!(runs.lock().unwrap()[1].0, TaskStatus::RunReady);
+
+    // On the loop thread, cancel runs the task at once, before cancel returns.
+    let ran_inside = on_loop(&h, move |h| {
+        let flag = Arc::new(Mutex::new(None));
+        let f = flag.clone();
+        let t = h
+            .schedule_at(far, move |_, st| *f.lock().unwrap() = Some(st))
+            .unwrap();
+        h.cancel(&t);
+        *flag.lock().unwrap()
+    });
+    assert_eq!(ran_inside, Some(TaskStatus::Canceled));
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c13_schedule_cancel_churn_64_rounds_yields_exactly_64_cancels() {
+    let mut el = running();
+    let h = el.handle();
+    let canceled = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let far = h.now() + 3_600_000_000_000;
+    for round in 0..64 {
+        let (c, r) = (canceled.clone(), ran.clone());
+        let task = h
+            .schedule_at(far, move |_, st| {
+                match st {
+                    TaskStatus::Canceled => c.fetch_add(1, Ordering::SeqCst),
+                    TaskStatus::RunReady => r.fetch_add(1, Ordering::SeqCst),
+                };
+            })
+            .unwrap();
+        // Alternate where the cancel comes from.
+        if round % 2 == 0 {
+            h.cancel(&task);
+        } else {
+            on_loop(&h, move |h| h.cancel(&task));
+        }
+    }
+    on_loop(&h, |_| ());
+    el.destroy().unwrap();
+    assert_eq!(canceled.load(Ordering::SeqCst), 64);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn c14_a_full_loop_hands_the_task_back() {
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 64,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    assert_eq!(el.capacity(), 64);
+    let count = Arc::new(AtomicUsize::new(0));
+    for _ in 0..64 {
+        let c = count.clone();
+        el.schedule_now(move |_, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    }
+    let (tx, rx) = channel();
+    let err = el
+        .schedule_now(move |_, st| tx.send(st).unwrap())
+        .unwrap_err();
+    assert_eq!(err.kind, ScheduleErrorKind::Full { capacity: 64 });
+    assert!(err.to_string().contains("64 pending tasks"), "{err}");
+    // The task came back intact: run it ourselves, canceled.
+    err.into_task().run(&el.handle(), TaskStatus::Canceled);
+    assert_eq!(rx.try_recv(), Ok(TaskStatus::Canceled));
+    el.run().unwrap();
+    let (tx, rx) = channel();
+    // Everything queued ran; the loop is usable again once there is room.
+    loop {
+        let tx = tx.clone();
+        match el.schedule_now(move |_, _| tx.send(()).unwrap()) {
+            Ok(_) => break,
+            Err(e) => drop(e.into_task()),
+        }
+        std::thread::yield_now();
+    }
+    recv(&rx);
+    assert_eq!(count.load(Ordering::SeqCst), 64);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c15_a_burst_of_cross_thread_schedules_loses_no_wakeup_and_coalesces() {
+    const TASKS: usize = 100_000;
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 16384,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    let count = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = channel();
+    let producer = {
+        let (count, h) = (count.clone(), h.clone());
+        std::thread::spawn(move || {
+            for _ in 0..TASKS {
+                let (count, tx) = (count.clone(), tx.clone());
+                let mut task: BoxedTask = Box::new(move |_, _| {
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 == TASKS {
+                        tx.send(()).unwrap();
+                    }
+                });
+                loop {
+                    match h.schedule_now(task) {
+                        Ok(_) => break,
+                        Err(e) => {
+                            let back = e.into_task();
+                            task = Box::new(move |h, st| back.run(h, st));
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+        })
+    };
+    producer.join().unwrap();
+    recv(&rx);
+    let stats = h.stats();
+    eprintln!("burst of {TASKS}: {stats:?}");
+    assert_eq!(stats.tasks_run as usize, TASKS);
+    assert!(
+        (stats.wakeups_written as usize) * 100 < TASKS,
+        "{} wakeups written for {TASKS} tasks: {stats:?}",
+        stats.wakeups_written
+    );
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c16_a_panicking_task_is_caught_counted_and_the_loop_goes_on() {
+    let mut el = running();
+    let h = el.handle();
+    h.schedule_now(|_, _| panic!("task panics on purpose"))
+        .unwrap();
+    let (tx, rx) = channel();
+    h.schedule_now(move |h, st| tx.send((st, h.is_on_loop_thread())).unwrap())
+        .unwrap();
+    assert_eq!(recv(&rx), (TaskStatus::RunReady, true));
+    assert_eq!(h.stats().panics_caught, 1);
+    // A panic in a task canceled at destroy is caught too.
+    h.schedule_at(u64::MAX, |_, _| panic!("canceled task panics on purpose"))
+        .unwrap();
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c22_asap_runs_before_due_timed_and_a_past_deadline_runs_next_tick() {
+    let mut el = running();
+    let h = el.handle();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = channel();
+    let o = order.clone();
+    on_loop(&h, move |h| {
+        let o1 = o.clone();
+        let now = h.now();
+        // Scheduled first, at a past deadline: waits for the next tick, then runs after
+        // that tick's ASAP tasks.
+        h.schedule_at(now.saturating_sub(1), move |_, _| {
+            o1.lock().unwrap().push("timed")
+        })
+        .unwrap();
+        let o2 = o.clone();
+        h.schedule_now(move |_, _| o2.lock().unwrap().push("asap"))
+            .unwrap();
+        o.lock().unwrap().push("scheduler task");
+    });
+    on_loop(&h, move |_| tx.send(()).unwrap());
+    recv(&rx);
+    assert_eq!(*order.lock().unwrap(), ["scheduler task", "asap", "timed"]);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c22_loop_thread_schedule_now_is_direct_and_serialized_goes_through_the_inbox() {
+    let mut el = running();
+    let h = el.handle();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    on_loop(&h, move |h| {
+        let o1 = o.clone();
+        h.schedule_now_serialized(move |_, _| o1.lock().unwrap().push("serialized"))
+            .unwrap();
+        let o2 = o.clone();
+        h.schedule_now(move |_, _| o2.lock().unwrap().push("direct"))
+            .unwrap();
+    });
+    // The direct task is already in the scheduler; the serialized one joins it when the
+    // next tick drains the inbox, behind it.
+    on_loop(&h, |_| ());
+    on_loop(&h, |_| ());
+    assert_eq!(*order.lock().unwrap(), ["direct", "serialized"]);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c23_tasks_queued_while_stopped_run_after_the_next_run() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let (tx, rx) = channel();
+    for i in 0..3 {
+        let tx = tx.clone();
+        el.schedule_now(move |_, st| tx.send((i, st)).unwrap())
+            .unwrap();
+    }
+    assert!(rx.try_recv().is_err());
+    el.run().unwrap();
+    let got: Vec<_> = (0..3).map(|_| recv(&rx)).collect();
+    assert_eq!(
+        got,
+        [
+            (0, TaskStatus::RunReady),
+            (1, TaskStatus::RunReady),
+            (2, TaskStatus::RunReady)
+        ]
+    );
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    let t = tx.clone();
+    el.schedule_now(move |_, st| t.send((3, st)).unwrap())
+        .unwrap();
+    assert!(rx.try_recv().is_err());
+    el.run().unwrap();
+    assert_eq!(recv(&rx), (3, TaskStatus::RunReady));
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c23_a_finished_tasks_closure_is_gone() {
+    let mut el = running();
+    let h = el.handle();
+    let token = Arc::new(());
+    let (tx, rx) = channel();
+    let t = token.clone();
+    let handle = h
+        .schedule_now(move |_, _| {
+            let _keep = &t;
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+    recv(&rx);
+    on_loop(&h, |_| ());
+    // The TaskHandle is still held, but the closure (and what it captured) is dropped.
+    assert_eq!(Arc::strong_count(&token), 1);
+    drop(handle);
+    el.destroy().unwrap();
+}
