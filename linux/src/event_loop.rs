@@ -29,6 +29,7 @@ use rustix::io::Errno;
 
 use crate::clock::{Clock, timeout_ms};
 use crate::error::{Error, ScheduleError, ScheduleErrorKind};
+use crate::load::{Load, mono_now};
 use crate::queues::{self, Msg, MsgQueue, TaskQueue};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, Backend, RealSyscalls, SysError, Syscalls};
@@ -119,6 +120,7 @@ pub(crate) struct Shared {
     clock: Clock,
     loop_thread: AtomicU64,
     counters: Counters,
+    load: Load,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     exit: Mutex<Exit>,
     exit_cv: Condvar,
@@ -183,6 +185,13 @@ impl LoopHandle {
         self.upgrade()
             .map(|s| s.counters.snapshot())
             .unwrap_or_default()
+    }
+
+    /// The loop's load factor: nanoseconds its thread was busy (not waiting in
+    /// `epoll_wait`) in the last ~1 s window; 0 for an idle or destroyed loop. Groups
+    /// balance on it.
+    pub fn load_factor(&self) -> u64 {
+        self.upgrade().map_or(0, |s| s.load.factor())
     }
 
     /// Schedules `f` to run on the loop thread as soon as possible.
@@ -500,6 +509,7 @@ impl Shared {
                     }));
                 }
             }
+            let tick_start = mono_now();
             Counters::bump(&self.counters.events_dispatched, events.len() as u64);
             for event in &events {
                 if event.data.u64() == WAKEUP_TOKEN {
@@ -518,6 +528,7 @@ impl Shared {
                 let status = task::due_status(&job);
                 self.execute(handle, job, status);
             }
+            self.load.tick(tick_start, mono_now());
         }
         Ok(())
     }
@@ -678,6 +689,7 @@ impl EventLoop {
             clock: options.clock.clone(),
             loop_thread: AtomicU64::new(0),
             counters: Counters::default(),
+            load: Load::default(),
             thread: Mutex::new(None),
             exit: Mutex::new(Exit {
                 exited: true,

@@ -25,6 +25,7 @@
 mod clock;
 mod error;
 mod event_loop;
+mod load;
 mod queues;
 mod stats;
 pub mod sys;
