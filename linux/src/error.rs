@@ -20,6 +20,8 @@ pub enum Error {
     Spawn(std::io::ErrorKind),
     /// An option is out of range.
     InvalidOption(&'static str),
+    /// An unsubscribe was refused.
+    Unsubscribe(crate::io::UnsubscribeError),
     /// Destroy gave up waiting for the loop thread to exit (a task is still running); no
     /// descriptor was closed: the loop thread keeps them, cancels what remains and closes
     /// them itself when it exits.
@@ -33,6 +35,7 @@ impl fmt::Display for Error {
             Error::InvalidState(e) => e.fmt(f),
             Error::Spawn(kind) => write!(f, "spawning the loop thread failed: {kind}"),
             Error::InvalidOption(what) => write!(f, "invalid option: {what}"),
+            Error::Unsubscribe(e) => e.fmt(f),
             Error::LoopThreadAlive => f.write_str(
                 "destroy: the loop thread is still alive after the teardown timeout; nothing was closed",
             ),
@@ -45,6 +48,7 @@ impl std::error::Error for Error {
         match self {
             Error::Sys(e) => Some(e),
             Error::InvalidState(e) => Some(e),
+            Error::Unsubscribe(e) => Some(e),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@
 //! protocol says whether to write the wakeup) and returns a [`TaskHandle`]. The loop thread
 //! ([`Shared::run_loop`]) wakes from `epoll_wait`, drains the inbox into the core
 //! [`Scheduler`](reseau_core::Scheduler), and runs the due batch. One tick:
-//! 1. IO dispatch (the wakeup, and later IO subscriptions);
+//! 1. IO dispatch (the wakeup, and each subscription's callback);
 //! 2. inbox drain (cross-thread schedules and cancels, in the order they linearized);
 //! 3. the due batch: ASAP tasks, then due timed tasks in `(deadline, submission)` order;
 //!    a task scheduled during the batch waits for the next tick.
@@ -29,6 +29,10 @@ use rustix::io::Errno;
 
 use crate::clock::{Clock, timeout_ms};
 use crate::error::{Error, ScheduleError, ScheduleErrorKind};
+use crate::io::{
+    Entry, Found, Interest, IoControl, Readiness, Slab, SubscribeError, SubscribeErrorKind,
+    Subscription, UnsubscribeError,
+};
 use crate::load::{Load, mono_now};
 use crate::queues::{self, Msg, MsgQueue, TaskQueue};
 use crate::stats::{Counters, Stats};
@@ -111,6 +115,7 @@ pub(crate) struct Shared {
     lifecycle: Lifecycle,
     inbox: Box<dyn MsgQueue>,
     local: Mutex<Local>,
+    subs: Mutex<Slab>,
     pending: AtomicUsize,
     capacity: usize,
     epoll: OwnedFd,
@@ -258,6 +263,132 @@ impl LoopHandle {
         if let Some(shared) = self.upgrade() {
             shared.cancel(&self.clone(), &task.0);
         }
+    }
+
+    /// Subscribes `source` for edge-triggered readiness: `callback` runs on the loop thread
+    /// with this handle, the source and the [`Readiness`] delivered, each time the kernel
+    /// reports an edge of interest (read or write until `EAGAIN` before expecting the next).
+    /// The subscription owns the source until [`unsubscribe`](Self::unsubscribe) hands it
+    /// back, the callback returns [`IoControl::Unsubscribe`] (the source is dropped), or the
+    /// loop is destroyed (dropped). From any thread, running or not.
+    ///
+    /// # Errors
+    /// The source is blocking, the interest empty, the descriptor already subscribed here
+    /// (the existing subscription is untouched), destroy has begun, or `epoll_ctl` failed;
+    /// the source comes back in the error.
+    pub fn subscribe<S, F>(
+        &self,
+        source: S,
+        interest: Interest,
+        callback: F,
+    ) -> Result<Subscription, SubscribeError<S>>
+    where
+        S: AsFd + Send + 'static,
+        F: FnMut(&LoopHandle, &mut S, Readiness) -> IoControl + Send + 'static,
+    {
+        let refuse = |kind, source| Err(SubscribeError { kind, source });
+        if interest.is_empty() {
+            return refuse(SubscribeErrorKind::EmptyInterest, source);
+        }
+        match rustix::fs::fcntl_getfl(source.as_fd()) {
+            Ok(fl) if fl.contains(rustix::fs::OFlags::NONBLOCK) => {}
+            Ok(_) => return refuse(SubscribeErrorKind::Blocking, source),
+            Err(errno) => {
+                let e = SysError {
+                    call: "fcntl(F_GETFL)",
+                    errno,
+                };
+                return refuse(SubscribeErrorKind::Sys(e), source);
+            }
+        }
+        let Some(shared) = self.upgrade() else {
+            let e = destroyed_error(Operation::Schedule);
+            return refuse(SubscribeErrorKind::Destroyed(e), source);
+        };
+        let _guard = if shared.on_loop_thread() {
+            None
+        } else {
+            match shared.lifecycle.enter_producer() {
+                Ok(g) => Some(g),
+                Err(e) => return refuse(SubscribeErrorKind::Destroyed(e), source),
+            }
+        };
+        // Insert first, then register, under the lock: the loop cannot see an event for
+        // this token before the entry exists.
+        let mut subs = lock(&shared.subs);
+        let sub = subs.insert(Box::new(Entry { source, callback }));
+        let Found::Active(entry) = subs.find(sub) else {
+            unreachable!("just inserted")
+        };
+        let added = shared.sys.epoll_add(
+            shared.epoll.as_fd(),
+            entry.fd(),
+            sub.token(),
+            interest.epoll_flags(),
+        );
+        match added {
+            Ok(()) => Ok(sub),
+            Err(errno) => {
+                let entry = subs.remove(sub).expect("just inserted");
+                drop(subs);
+                let source = *entry
+                    .into_source()
+                    .downcast::<S>()
+                    .unwrap_or_else(|_| unreachable!("the entry holds an S"));
+                let kind = if errno == Errno::EXIST {
+                    SubscribeErrorKind::AlreadySubscribed
+                } else {
+                    SubscribeErrorKind::Sys(SysError {
+                        call: "epoll_ctl(ADD)",
+                        errno,
+                    })
+                };
+                refuse(kind, source)
+            }
+        }
+    }
+
+    /// Removes a subscription and hands its source back; no callback for it runs after this
+    /// returns (an event already in the current batch is dropped).
+    ///
+    /// Allowed on the loop thread (from a task or another subscription's callback), or from
+    /// any thread while the loop is not running. Off the loop thread while it runs it fails
+    /// ([`UnsubscribeError::OffLoopThreadWhileRunning`]) rather than race a callback: schedule
+    /// the unsubscribe on the loop instead.
+    ///
+    /// # Errors
+    /// See [`UnsubscribeError`]; and once the loop is destroyed.
+    pub fn unsubscribe<S: AsFd + Send + 'static>(&self, sub: Subscription) -> Result<S, Error> {
+        let shared = self
+            .upgrade()
+            .ok_or(Error::InvalidState(destroyed_error(Operation::Schedule)))?;
+        let on_loop = shared.on_loop_thread();
+        if !on_loop && shared.lifecycle.is_live() {
+            return Err(Error::Unsubscribe(
+                UnsubscribeError::OffLoopThreadWhileRunning,
+            ));
+        }
+        let mut subs = lock(&shared.subs);
+        match subs.find(sub) {
+            Found::Missing => return Err(Error::Unsubscribe(UnsubscribeError::NotSubscribed)),
+            Found::InCallback => return Err(Error::Unsubscribe(UnsubscribeError::InOwnCallback)),
+            Found::Active(entry) if entry.source_type() != std::any::TypeId::of::<S>() => {
+                return Err(Error::Unsubscribe(UnsubscribeError::WrongSourceType));
+            }
+            Found::Active(_) => {}
+        }
+        let entry = subs.remove(sub).expect("found active above");
+        drop(subs);
+        shared.deregister(&*entry);
+        Ok(*entry
+            .into_source()
+            .downcast::<S>()
+            .unwrap_or_else(|_| unreachable!("type checked above")))
+    }
+
+    /// How many subscriptions are live on the loop.
+    pub fn subscriptions(&self) -> usize {
+        self.upgrade().map_or(0, |s| lock(&s.subs).len())
     }
 
     /// Asks the loop to stop; idempotent, from any thread. From the loop thread it takes
@@ -431,6 +562,48 @@ impl Shared {
         Ok(())
     }
 
+    /// `EPOLL_CTL_DEL` for a source about to leave; `ENOENT`/`EBADF` mean it is gone already.
+    fn deregister(&self, entry: &dyn crate::io::Source) {
+        match self.sys.epoll_del(self.epoll.as_fd(), entry.fd()) {
+            Ok(()) | Err(Errno::NOENT) | Err(Errno::BADF) => {}
+            Err(errno) => log::warn!(
+                "reseau: epoll_ctl(DEL) failed with {errno}; dropping the subscription anyway"
+            ),
+        }
+    }
+
+    /// Runs the callback of the subscription behind `token`, if it is still live.
+    fn dispatch_io(&self, handle: &LoopHandle, token: u64, readiness: Readiness) {
+        let sub = Subscription::from_token(token);
+        let entry = lock(&self.subs).take_for_callback(sub);
+        // Gone (unsubscribed earlier in this batch, or a stale registration): drop the event.
+        let Some(mut entry) = entry else { return };
+        let control = match catch_unwind(AssertUnwindSafe(|| entry.dispatch(handle, readiness))) {
+            Ok(c) => c,
+            Err(_) => {
+                Counters::bump(&self.counters.panics_caught, 1);
+                log::error!("reseau: an IO callback panicked; the subscription is kept");
+                IoControl::Keep
+            }
+        };
+        match control {
+            IoControl::Keep => lock(&self.subs).put_back(sub, entry),
+            IoControl::Unsubscribe => {
+                self.deregister(&*entry);
+                lock(&self.subs).release_in_callback(sub);
+                drop(entry);
+            }
+        }
+    }
+
+    /// Deregisters and drops every remaining subscription (closing sources it owns).
+    fn release_subscriptions(&self) {
+        let entries = lock(&self.subs).drain();
+        for entry in entries {
+            self.deregister(&*entry);
+        }
+    }
+
     /// Runs a task taken out of the queues, exactly once, counting it and catching a panic.
     fn execute(&self, handle: &LoopHandle, job: Job, status: TaskStatus) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -512,8 +685,11 @@ impl Shared {
             let tick_start = mono_now();
             Counters::bump(&self.counters.events_dispatched, events.len() as u64);
             for event in &events {
-                if event.data.u64() == WAKEUP_TOKEN {
+                let token = event.data.u64();
+                if token == WAKEUP_TOKEN {
                     self.wakeup.drain();
+                } else {
+                    self.dispatch_io(handle, token, Readiness::from_epoll(event.flags));
                 }
             }
             if events.len() == events.capacity() && events.capacity() < max_events {
@@ -589,6 +765,7 @@ impl Shared {
             // Destroy gave up waiting for us: cancel on the loop's behalf and finish the
             // teardown here; the descriptors close when this thread drops the last `Arc`.
             self.cancel_everything(&handle);
+            self.release_subscriptions();
             self.loop_thread.store(0, Ordering::Release);
             self.lifecycle.loop_exited();
             let _ = self.lifecycle.finish_destroy();
@@ -680,6 +857,7 @@ impl EventLoop {
                 sched,
                 wakeup_registered: false,
             }),
+            subs: Mutex::new(Slab::new()),
             pending: AtomicUsize::new(0),
             capacity,
             epoll,
@@ -827,7 +1005,8 @@ impl EventLoop {
     /// Destroys the loop: stop + wait, then every task still scheduled or queued runs
     /// exactly once with [`TaskStatus::Canceled`], synchronously, on this thread (which is
     /// the loop's thread for the duration: `is_on_loop_thread()` is true); tasks those tasks
-    /// schedule are canceled too. Then the descriptors close. Schedules racing destroy are
+    /// schedule are canceled too. Then every remaining subscription is deregistered and its
+    /// source dropped, and the loop's descriptors close. Schedules racing destroy are
     /// refused with the task handed back.
     ///
     /// # Errors
@@ -852,6 +1031,7 @@ impl EventLoop {
         }
         s.loop_thread.store(thread_id::current(), Ordering::Release);
         s.cancel_everything(&self.handle);
+        s.release_subscriptions();
         s.loop_thread.store(0, Ordering::Release);
         let result = s.lifecycle.finish_destroy();
         // Our references are the last strong ones (handles are weak): the descriptors close

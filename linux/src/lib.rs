@@ -19,12 +19,15 @@
 //!
 //! - [`EventLoop`] / [`LoopHandle`]: run, stop, wait, destroy; schedule now, at a deadline
 //!   or serialized; cancel. Storage is reseau-core's fixed-capacity scheduler and inbox.
+//! - IO: [`LoopHandle::subscribe`] registers an owned, non-blocking source for
+//!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
 
 mod clock;
 mod error;
 mod event_loop;
+mod io;
 mod load;
 mod queues;
 mod stats;
@@ -36,6 +39,10 @@ mod wakeup;
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind};
 pub use event_loop::{EventLoop, EventLoopOptions, LoopHandle};
+pub use io::{
+    Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
+    UnsubscribeError,
+};
 pub use queues::CAPACITIES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;

@@ -78,6 +78,8 @@ pub struct Faults {
     pub set_cloexec: Option<Errno>,
     /// Fail `epoll_ctl(ADD)`.
     pub epoll_add: Option<Errno>,
+    /// Fail `epoll_ctl(DEL)`.
+    pub epoll_del: Option<Errno>,
     /// Errors the next `epoll_wait` calls return, in order (then the real call).
     pub epoll_wait: Mutex<VecDeque<Errno>>,
     /// How many `epoll_wait` calls were made.
@@ -145,6 +147,9 @@ impl Syscalls for Faults {
         fail_or(self.epoll_add, || {
             RealSyscalls.epoll_add(epoll_fd, fd, data, flags)
         })
+    }
+    fn epoll_del(&self, epoll_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+        fail_or(self.epoll_del, || RealSyscalls.epoll_del(epoll_fd, fd))
     }
     fn epoll_wait(
         &self,

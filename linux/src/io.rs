@@ -1,0 +1,467 @@
+//! Edge-triggered IO readiness subscriptions.
+//!
+//! A subscription owns its source (anything `AsFd`): it cannot be closed while registered
+//! (io-safety), [`LoopHandle::unsubscribe`](crate::LoopHandle::unsubscribe) hands it back,
+//! and destroy drops the ones left. Sources are registered with
+//! `EPOLLET | EPOLLRDHUP | EPOLLHUP | EPOLLERR` plus `EPOLLIN` / `EPOLLOUT`: readiness is
+//! reported on *edges*, so a callback must read (or write) until `EAGAIN` before it can
+//! expect another event, and a blocking descriptor is refused.
+//!
+//! The epoll data of a registration is its slab index and the slot's generation, never a
+//! pointer: an event for a subscription removed earlier in the same batch (or whose
+//! descriptor number was reused since) finds a different generation and is dropped.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::ops::BitOr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::event::epoll::EventFlags;
+
+use crate::event_loop::LoopHandle;
+use crate::sys::SysError;
+
+/// What a subscription wants to hear about.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Interest(u8);
+
+impl Interest {
+    /// Readable (`EPOLLIN`).
+    pub const READABLE: Self = Self(1);
+    /// Writable (`EPOLLOUT`).
+    pub const WRITABLE: Self = Self(2);
+
+    /// Whether no interest is set (refused by `subscribe`).
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every interest in `other` is set here.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub(crate) fn epoll_flags(self) -> EventFlags {
+        let mut flags = EventFlags::ET | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        if self.contains(Self::READABLE) {
+            flags |= EventFlags::IN;
+        }
+        if self.contains(Self::WRITABLE) {
+            flags |= EventFlags::OUT;
+        }
+        flags
+    }
+}
+
+impl BitOr for Interest {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for Interest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [(Self::READABLE, "READABLE"), (Self::WRITABLE, "WRITABLE")];
+        write_flags(
+            f,
+            names
+                .iter()
+                .filter(|(x, _)| self.contains(*x))
+                .map(|(_, n)| *n),
+        )
+    }
+}
+
+fn write_flags<'a>(
+    f: &mut fmt::Formatter<'_>,
+    names: impl Iterator<Item = &'a str>,
+) -> fmt::Result {
+    let mut first = true;
+    for n in names {
+        if !first {
+            f.write_str(" | ")?;
+        }
+        f.write_str(n)?;
+        first = false;
+    }
+    if first {
+        f.write_str("(empty)")?;
+    }
+    Ok(())
+}
+
+/// The readiness an event delivers; several at once when the kernel says so.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Readiness(u8);
+
+impl Readiness {
+    /// Readable (`EPOLLIN`): read until `EAGAIN`.
+    pub const READABLE: Self = Self(1);
+    /// Writable (`EPOLLOUT`).
+    pub const WRITABLE: Self = Self(2);
+    /// The peer shut down its writing side (`EPOLLRDHUP`).
+    pub const REMOTE_HANG_UP: Self = Self(4);
+    /// Hung up (`EPOLLHUP`): e.g. every write end of a pipe is closed.
+    pub const CLOSED: Self = Self(8);
+    /// An error condition (`EPOLLERR`).
+    pub const ERROR: Self = Self(16);
+
+    /// Whether every readiness in `other` is set here.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether `READABLE` is set.
+    pub const fn is_readable(self) -> bool {
+        self.contains(Self::READABLE)
+    }
+
+    /// Whether `WRITABLE` is set.
+    pub const fn is_writable(self) -> bool {
+        self.contains(Self::WRITABLE)
+    }
+
+    /// Whether `CLOSED` is set.
+    pub const fn is_closed(self) -> bool {
+        self.contains(Self::CLOSED)
+    }
+
+    pub(crate) fn from_epoll(flags: EventFlags) -> Self {
+        let mut r = 0;
+        for (flag, bit) in [
+            (EventFlags::IN, Self::READABLE),
+            (EventFlags::OUT, Self::WRITABLE),
+            (EventFlags::RDHUP, Self::REMOTE_HANG_UP),
+            (EventFlags::HUP, Self::CLOSED),
+            (EventFlags::ERR, Self::ERROR),
+        ] {
+            if flags.contains(flag) {
+                r |= bit.0;
+            }
+        }
+        Self(r)
+    }
+}
+
+impl BitOr for Readiness {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (Self::READABLE, "READABLE"),
+            (Self::WRITABLE, "WRITABLE"),
+            (Self::REMOTE_HANG_UP, "REMOTE_HANG_UP"),
+            (Self::CLOSED, "CLOSED"),
+            (Self::ERROR, "ERROR"),
+        ];
+        write_flags(
+            f,
+            names
+                .iter()
+                .filter(|(x, _)| self.contains(*x))
+                .map(|(_, n)| *n),
+        )
+    }
+}
+
+/// What a subscription callback tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoControl {
+    /// Keep the subscription.
+    Keep,
+    /// Deregister the subscription and drop its source (closing it) once the callback
+    /// returns. (A callback cannot `unsubscribe` itself: its source is borrowed.)
+    Unsubscribe,
+}
+
+/// A handle on a subscription, for `unsubscribe`. Stale handles are refused, never
+/// confused with a newer subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subscription {
+    index: u32,
+    generation: u32,
+}
+
+impl Subscription {
+    pub(crate) fn token(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub(crate) fn from_token(token: u64) -> Self {
+        Self {
+            index: token as u32,
+            generation: (token >> 32) as u32,
+        }
+    }
+}
+
+/// Why a subscribe was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeErrorKind {
+    /// The descriptor is blocking: edge-triggered readiness needs `O_NONBLOCK`.
+    Blocking,
+    /// The interest was empty.
+    EmptyInterest,
+    /// The descriptor is already subscribed on this loop (`EEXIST`); the existing
+    /// subscription is untouched.
+    AlreadySubscribed,
+    /// Destroy has begun.
+    Destroyed(reseau_core::LifecycleError),
+    /// A syscall failed (`fcntl(F_GETFL)`, `epoll_ctl(ADD)`).
+    Sys(SysError),
+}
+
+/// A refused subscribe: why, and the source, handed back.
+pub struct SubscribeError<S> {
+    /// Why.
+    pub kind: SubscribeErrorKind,
+    /// The source, untouched.
+    pub source: S,
+}
+
+impl<S> fmt::Debug for SubscribeError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscribeError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> fmt::Display for SubscribeError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SubscribeErrorKind::Blocking => f.write_str(
+                "subscribe refused: the descriptor is blocking (edge-triggered readiness needs O_NONBLOCK)",
+            ),
+            SubscribeErrorKind::EmptyInterest => f.write_str("subscribe refused: empty interest"),
+            SubscribeErrorKind::AlreadySubscribed => f.write_str(
+                "subscribe refused: the descriptor is already subscribed on this loop (kept as it was)",
+            ),
+            SubscribeErrorKind::Destroyed(e) => write!(f, "subscribe refused ({e})"),
+            SubscribeErrorKind::Sys(e) => write!(f, "subscribe failed: {e}"),
+        }
+    }
+}
+
+impl<S> std::error::Error for SubscribeError<S> {}
+
+/// Why an unsubscribe was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeError {
+    /// Not a live subscription of this loop (never was, already removed, or stale).
+    NotSubscribed,
+    /// The source is not of the type asked for; the subscription is untouched.
+    WrongSourceType,
+    /// Called from the subscription's own callback (its source is borrowed): return
+    /// [`IoControl::Unsubscribe`] instead.
+    InOwnCallback,
+    /// Called off the loop thread while the loop runs (a callback may be running): call it
+    /// from the loop thread (schedule a task) or while the loop is stopped.
+    OffLoopThreadWhileRunning,
+}
+
+impl fmt::Display for UnsubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnsubscribeError::NotSubscribed => "unsubscribe: not subscribed on this loop",
+            UnsubscribeError::WrongSourceType => {
+                "unsubscribe: the source has another type; the subscription is untouched"
+            }
+            UnsubscribeError::InOwnCallback => {
+                "unsubscribe from the subscription's own callback: return IoControl::Unsubscribe instead"
+            }
+            UnsubscribeError::OffLoopThreadWhileRunning => {
+                "unsubscribe off the loop thread while the loop runs: schedule it on the loop, or stop the loop first"
+            }
+        })
+    }
+}
+
+impl std::error::Error for UnsubscribeError {}
+
+/// The type-erased subscription: its source and callback.
+pub(crate) trait Source: Send {
+    fn fd(&self) -> BorrowedFd<'_>;
+    fn dispatch(&mut self, handle: &LoopHandle, readiness: Readiness) -> IoControl;
+    fn source_type(&self) -> TypeId;
+    fn into_source(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+pub(crate) struct Entry<S, F> {
+    pub(crate) source: S,
+    pub(crate) callback: F,
+}
+
+impl<S, F> Source for Entry<S, F>
+where
+    S: AsFd + Send + 'static,
+    F: FnMut(&LoopHandle, &mut S, Readiness) -> IoControl + Send + 'static,
+{
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.source.as_fd()
+    }
+    fn dispatch(&mut self, handle: &LoopHandle, readiness: Readiness) -> IoControl {
+        (self.callback)(handle, &mut self.source, readiness)
+    }
+    fn source_type(&self) -> TypeId {
+        TypeId::of::<S>()
+    }
+    fn into_source(self: Box<Self>) -> Box<dyn Any + Send> {
+        Box::new(self.source)
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+enum SlotState {
+    Free { next: u32 },
+    Active(Box<dyn Source>),
+    InCallback,
+}
+
+struct Slot {
+    generation: u32,
+    state: SlotState,
+}
+
+/// The subscriptions of one loop, indexed by [`Subscription`].
+pub(crate) struct Slab {
+    slots: Vec<Slot>,
+    free: u32,
+    len: usize,
+}
+
+/// What a lookup found.
+pub(crate) enum Found<'a> {
+    Active(&'a dyn Source),
+    InCallback,
+    Missing,
+}
+
+impl Slab {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NIL,
+            len: 0,
+        }
+    }
+
+    /// How many subscriptions are live.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn insert(&mut self, entry: Box<dyn Source>) -> Subscription {
+        self.len += 1;
+        if self.free != NIL {
+            let index = self.free;
+            let slot = &mut self.slots[index as usize];
+            let SlotState::Free { next } = slot.state else {
+                unreachable!("free list holds a live slot")
+            };
+            self.free = next;
+            slot.state = SlotState::Active(entry);
+            return Subscription {
+                index,
+                generation: slot.generation,
+            };
+        }
+        let index = self.slots.len() as u32;
+        assert!(index < NIL, "more than u32::MAX - 1 subscriptions");
+        self.slots.push(Slot {
+            generation: 0,
+            state: SlotState::Active(entry),
+        });
+        Subscription {
+            index,
+            generation: 0,
+        }
+    }
+
+    fn slot(&self, sub: Subscription) -> Option<&Slot> {
+        self.slots
+            .get(sub.index as usize)
+            .filter(|s| s.generation == sub.generation)
+    }
+
+    pub(crate) fn find(&self, sub: Subscription) -> Found<'_> {
+        match self.slot(sub).map(|s| &s.state) {
+            Some(SlotState::Active(e)) => Found::Active(&**e),
+            Some(SlotState::InCallback) => Found::InCallback,
+            _ => Found::Missing,
+        }
+    }
+
+    /// Removes a live, idle subscription and returns its entry.
+    pub(crate) fn remove(&mut self, sub: Subscription) -> Option<Box<dyn Source>> {
+        let slot = self
+            .slots
+            .get_mut(sub.index as usize)
+            .filter(|s| s.generation == sub.generation)?;
+        if !matches!(slot.state, SlotState::Active(_)) {
+            return None;
+        }
+        let state = std::mem::replace(&mut slot.state, SlotState::Free { next: self.free });
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free = sub.index;
+        self.len -= 1;
+        match state {
+            SlotState::Active(e) => Some(e),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Takes a live subscription's entry out for its callback (the slot stays reserved).
+    pub(crate) fn take_for_callback(&mut self, sub: Subscription) -> Option<Box<dyn Source>> {
+        let slot = self
+            .slots
+            .get_mut(sub.index as usize)
+            .filter(|s| s.generation == sub.generation)?;
+        if !matches!(slot.state, SlotState::Active(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut slot.state, SlotState::InCallback) {
+            SlotState::Active(e) => Some(e),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Puts an entry back after its callback.
+    pub(crate) fn put_back(&mut self, sub: Subscription, entry: Box<dyn Source>) {
+        if let Some(slot) = self.slots.get_mut(sub.index as usize) {
+            slot.state = SlotState::Active(entry);
+        }
+    }
+
+    /// Frees a slot whose entry is out for a callback (the callback said Unsubscribe).
+    pub(crate) fn release_in_callback(&mut self, sub: Subscription) {
+        if let Some(slot) = self.slots.get_mut(sub.index as usize) {
+            slot.state = SlotState::Free { next: self.free };
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free = sub.index;
+            self.len -= 1;
+        }
+    }
+
+    /// Removes every live subscription.
+    pub(crate) fn drain(&mut self) -> Vec<Box<dyn Source>> {
+        let subs: Vec<Subscription> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, SlotState::Active(_)))
+            .map(|(i, s)| Subscription {
+                index: i as u32,
+                generation: s.generation,
+            })
+            .collect();
+        subs.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+}
