@@ -840,6 +840,12 @@ impl EventLoop {
     pub fn new(options: EventLoopOptions) -> Result<Self, Error> {
         let (sched, inbox, capacity) =
             queues::make(options.capacity).ok_or(Error::InvalidOption("capacity exceeds 65536"))?;
+        if options
+            .cpu
+            .is_some_and(|cpu| cpu >= rustix::thread::CpuSet::MAX_CPU)
+        {
+            return Err(Error::InvalidOption("cpu beyond the CPU set size"));
+        }
         if options.thread_name.contains('\0') {
             return Err(Error::InvalidOption("thread name contains a NUL byte"));
         }
