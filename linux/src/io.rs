@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::event::epoll::EventFlags;
 
-use crate::event_loop::LoopHandle;
+use crate::handle::LoopHandle;
 use crate::sys::SysError;
 
 /// What a subscription wants to hear about.

@@ -27,9 +27,11 @@
 mod clock;
 mod error;
 mod event_loop;
+mod handle;
 mod io;
 mod load;
 mod queues;
+mod shared;
 mod stats;
 pub mod sys;
 mod task;
@@ -38,7 +40,8 @@ mod wakeup;
 
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind};
-pub use event_loop::{EventLoop, EventLoopOptions, LoopHandle};
+pub use event_loop::{EventLoop, EventLoopOptions};
+pub use handle::LoopHandle;
 pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,

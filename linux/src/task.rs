@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use reseau_core::{Claim, ClaimOutcome, TaskId, TaskStatus};
 
-use crate::event_loop::LoopHandle;
+use crate::handle::LoopHandle;
 
 const NO_ID: u64 = u64::MAX;
 

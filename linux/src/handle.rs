@@ -1,0 +1,275 @@
+//! [`LoopHandle`]: schedule, cancel, stop and subscribe from any thread.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Weak};
+
+use reseau_core::{Operation, TaskStatus};
+use rustix::io::Errno;
+
+use crate::clock::Clock;
+use crate::error::{Error, ScheduleError, ScheduleErrorKind};
+use crate::io::{
+    Entry, Found, Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
+    UnsubscribeError,
+};
+use crate::shared::{Shared, destroyed_error, lock};
+use crate::stats::Stats;
+use crate::sys::SysError;
+use crate::task::{self, Job, Task, TaskHandle};
+
+/// A cheap, cloneable, `Send + Sync` handle that schedules on a loop from any thread.
+///
+/// It does not keep the loop alive: once the loop is destroyed every call returns an
+/// error (schedules hand the task back).
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub(crate) shared: Weak<Shared>,
+}
+
+impl std::fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("alive", &(self.shared.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl LoopHandle {
+    fn upgrade(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
+    /// Whether the calling thread is the loop's thread (or the thread destroying it, while
+    /// it cancels the remaining tasks).
+    pub fn is_on_loop_thread(&self) -> bool {
+        self.upgrade().is_some_and(|s| s.on_loop_thread())
+    }
+
+    /// The loop clock's current time in nanoseconds (the scale of deadlines).
+    pub fn now(&self) -> u64 {
+        match self.upgrade() {
+            Some(s) => s.clock.now(),
+            None => Clock::Monotonic.now(),
+        }
+    }
+
+    /// A snapshot of the loop's counters (all zero once the loop is gone).
+    pub fn stats(&self) -> Stats {
+        self.upgrade()
+            .map(|s| s.counters.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// The loop's load factor: nanoseconds its thread was busy (not waiting in
+    /// `epoll_wait`) in the last ~1 s window; 0 for an idle or destroyed loop. Groups
+    /// balance on it.
+    pub fn load_factor(&self) -> u64 {
+        self.upgrade().map_or(0, |s| s.load.factor())
+    }
+
+    /// Schedules `f` to run on the loop thread as soon as possible.
+    ///
+    /// From the loop thread the task goes straight into the scheduler (it runs in the next
+    /// tick, after the current batch); from any other thread it goes through the inbox, in
+    /// the order the calls linearize. A task scheduled on a stopped loop runs after the next
+    /// `run`, or is canceled at destroy.
+    ///
+    /// # Errors
+    /// The loop holds its capacity of pending tasks, or destroy has begun: the task is in
+    /// the error, never run.
+    pub fn schedule_now<F>(&self, f: F) -> Result<TaskHandle, ScheduleError>
+    where
+        F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
+    {
+        self.schedule(task::job(f), None, false)
+    }
+
+    /// Like [`schedule_now`](Self::schedule_now), but always through the inbox, even from the
+    /// loop thread: one global FIFO with every other thread's schedules.
+    ///
+    /// # Errors
+    /// As [`schedule_now`](Self::schedule_now).
+    pub fn schedule_now_serialized<F>(&self, f: F) -> Result<TaskHandle, ScheduleError>
+    where
+        F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
+    {
+        self.schedule(task::job(f), None, true)
+    }
+
+    /// Schedules `f` to run on the loop thread at `deadline` (nanoseconds of the loop's
+    /// clock, see [`now`](Self::now)); never earlier. Equal deadlines run in submission
+    /// order; a past deadline runs in the next tick.
+    ///
+    /// # Errors
+    /// As [`schedule_now`](Self::schedule_now).
+    pub fn schedule_at<F>(&self, deadline: u64, f: F) -> Result<TaskHandle, ScheduleError>
+    where
+        F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
+    {
+        self.schedule(task::job(f), Some(deadline), false)
+    }
+
+    fn schedule(
+        &self,
+        job: Job,
+        deadline: Option<u64>,
+        serialized: bool,
+    ) -> Result<TaskHandle, ScheduleError> {
+        let Some(shared) = self.upgrade() else {
+            return Err(ScheduleError {
+                kind: ScheduleErrorKind::Destroyed(destroyed_error(Operation::Schedule)),
+                task: Task(job),
+            });
+        };
+        shared.schedule(job, deadline, serialized)
+    }
+
+    /// Cancels a task: it runs exactly once with [`TaskStatus::Canceled`] — at once when
+    /// called on the loop thread, on the loop thread soon after otherwise — unless it has
+    /// already run (or been canceled), in which case this is a no-op.
+    pub fn cancel(&self, task: &TaskHandle) {
+        if let Some(shared) = self.upgrade() {
+            shared.cancel(&self.clone(), &task.0);
+        }
+    }
+
+    /// Subscribes `source` for edge-triggered readiness: `callback` runs on the loop thread
+    /// with this handle, the source and the [`Readiness`] delivered, each time the kernel
+    /// reports an edge of interest (read or write until `EAGAIN` before expecting the next).
+    /// The subscription owns the source until [`unsubscribe`](Self::unsubscribe) hands it
+    /// back, the callback returns [`IoControl::Unsubscribe`] (the source is dropped), or the
+    /// loop is destroyed (dropped). From any thread, running or not.
+    ///
+    /// # Errors
+    /// The source is blocking, the interest empty, the descriptor already subscribed here
+    /// (the existing subscription is untouched), destroy has begun, or `epoll_ctl` failed;
+    /// the source comes back in the error.
+    pub fn subscribe<S, F>(
+        &self,
+        source: S,
+        interest: Interest,
+        callback: F,
+    ) -> Result<Subscription, SubscribeError<S>>
+    where
+        S: AsFd + Send + 'static,
+        F: FnMut(&LoopHandle, &mut S, Readiness) -> IoControl + Send + 'static,
+    {
+        let refuse = |kind, source| Err(SubscribeError { kind, source });
+        if interest.is_empty() {
+            return refuse(SubscribeErrorKind::EmptyInterest, source);
+        }
+        match rustix::fs::fcntl_getfl(source.as_fd()) {
+            Ok(fl) if fl.contains(rustix::fs::OFlags::NONBLOCK) => {}
+            Ok(_) => return refuse(SubscribeErrorKind::Blocking, source),
+            Err(errno) => {
+                let e = SysError {
+                    call: "fcntl(F_GETFL)",
+                    errno,
+                };
+                return refuse(SubscribeErrorKind::Sys(e), source);
+            }
+        }
+        let Some(shared) = self.upgrade() else {
+            let e = destroyed_error(Operation::Schedule);
+            return refuse(SubscribeErrorKind::Destroyed(e), source);
+        };
+        let _guard = if shared.on_loop_thread() {
+            None
+        } else {
+            match shared.lifecycle.enter_producer() {
+                Ok(g) => Some(g),
+                Err(e) => return refuse(SubscribeErrorKind::Destroyed(e), source),
+            }
+        };
+        // Insert first, then register, under the lock: the loop cannot see an event for
+        // this token before the entry exists.
+        let mut subs = lock(&shared.subs);
+        let sub = subs.insert(Box::new(Entry { source, callback }));
+        let Found::Active(entry) = subs.find(sub) else {
+            unreachable!("just inserted")
+        };
+        let added = shared.sys.epoll_add(
+            shared.epoll.as_fd(),
+            entry.fd(),
+            sub.token(),
+            interest.epoll_flags(),
+        );
+        match added {
+            Ok(()) => Ok(sub),
+            Err(errno) => {
+                let entry = subs.remove(sub).expect("just inserted");
+                drop(subs);
+                let source = *entry
+                    .into_source()
+                    .downcast::<S>()
+                    .unwrap_or_else(|_| unreachable!("the entry holds an S"));
+                let kind = if errno == Errno::EXIST {
+                    SubscribeErrorKind::AlreadySubscribed
+                } else {
+                    SubscribeErrorKind::Sys(SysError {
+                        call: "epoll_ctl(ADD)",
+                        errno,
+                    })
+                };
+                refuse(kind, source)
+            }
+        }
+    }
+
+    /// Removes a subscription and hands its source back; no callback for it runs after this
+    /// returns (an event already in the current batch is dropped).
+    ///
+    /// Allowed on the loop thread (from a task or another subscription's callback), or from
+    /// any thread while the loop is not running. Off the loop thread while it runs it fails
+    /// ([`UnsubscribeError::OffLoopThreadWhileRunning`]) rather than race a callback: schedule
+    /// the unsubscribe on the loop instead.
+    ///
+    /// # Errors
+    /// See [`UnsubscribeError`]; and once the loop is destroyed.
+    pub fn unsubscribe<S: AsFd + Send + 'static>(&self, sub: Subscription) -> Result<S, Error> {
+        let shared = self
+            .upgrade()
+            .ok_or(Error::InvalidState(destroyed_error(Operation::Schedule)))?;
+        let on_loop = shared.on_loop_thread();
+        if !on_loop && shared.lifecycle.is_live() {
+            return Err(Error::Unsubscribe(
+                UnsubscribeError::OffLoopThreadWhileRunning,
+            ));
+        }
+        let mut subs = lock(&shared.subs);
+        match subs.find(sub) {
+            Found::Missing => return Err(Error::Unsubscribe(UnsubscribeError::NotSubscribed)),
+            Found::InCallback => return Err(Error::Unsubscribe(UnsubscribeError::InOwnCallback)),
+            Found::Active(entry) if entry.source_type() != std::any::TypeId::of::<S>() => {
+                return Err(Error::Unsubscribe(UnsubscribeError::WrongSourceType));
+            }
+            Found::Active(_) => {}
+        }
+        let entry = subs.remove(sub).expect("found active above");
+        drop(subs);
+        shared.deregister(&*entry);
+        Ok(*entry
+            .into_source()
+            .downcast::<S>()
+            .unwrap_or_else(|_| unreachable!("type checked above")))
+    }
+
+    /// How many subscriptions are live on the loop.
+    pub fn subscriptions(&self) -> usize {
+        self.upgrade().map_or(0, |s| lock(&s.subs).len())
+    }
+
+    /// Asks the loop to stop; idempotent, from any thread. From the loop thread it takes
+    /// effect when the current task returns; the loop's remaining tasks stay scheduled for
+    /// the next `run`. Stopping a loop that is not running does nothing (and does not
+    /// affect the next `run`).
+    ///
+    /// # Errors
+    /// Once the loop is destroyed.
+    pub fn stop(&self) -> Result<(), Error> {
+        let shared = self
+            .upgrade()
+            .ok_or(Error::InvalidState(destroyed_error(Operation::Stop)))?;
+        shared.stop()
+    }
+}
