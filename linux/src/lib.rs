@@ -27,6 +27,7 @@
 mod clock;
 mod error;
 mod event_loop;
+mod group;
 mod handle;
 mod io;
 mod load;
@@ -41,6 +42,7 @@ mod wakeup;
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind};
 pub use event_loop::{EventLoop, EventLoopOptions};
+pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
