@@ -288,7 +288,7 @@ impl EventLoop {
     }
 
     /// Destroys the loop: stop + wait, then every task still scheduled or queued runs
-    /// exactly once with [`TaskStatus::Canceled`], synchronously, on this thread (which is
+    /// exactly once with [`TaskStatus::Canceled`](crate::TaskStatus::Canceled), synchronously, on this thread (which is
     /// the loop's thread for the duration: `is_on_loop_thread()` is true); tasks those tasks
     /// schedule are canceled too. Then every remaining subscription is deregistered and its
     /// source dropped, and the loop's descriptors close. Schedules racing destroy are
