@@ -3,3 +3,4 @@
 //! helpers the integration tests in `tests/` share.
 
 pub mod fuzz;
+pub mod util;
