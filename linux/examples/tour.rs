@@ -1,13 +1,13 @@
 //! A tour of reseau's event loop: the backend and descriptor flags, scheduling now / at /
-//! serialized from several threads, cancellation, stop and restart, destroy with tasks
-//! pending, and the counters at the end.
+//! serialized from several threads, cancellation, stop and restart, an IO subscription,
+//! destroy with tasks pending, and the counters at the end.
 //!
 //! `cargo run --release -p reseau-linux --example tour`
 
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
-use reseau_linux::{EventLoop, EventLoopOptions};
+use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -138,6 +138,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| e.kind)
         .unwrap();
     rx.recv()?;
+
+    println!("IO: a pipe's read end subscribed, one byte written from another thread");
+    let (read_end, write_end) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC,
+    )?;
+    let (tx, rx) = channel();
+    let sub = el.subscribe(read_end, Interest::READABLE, move |h, fd, readiness| {
+        // Edge-triggered: read until EAGAIN.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = rustix::io::read(&*fd, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send((readiness, got, h.is_on_loop_thread()));
+        IoControl::Keep
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| rustix::io::write(&write_end, b"!").expect("write to the pipe"));
+    });
+    let (readiness, got, on_loop) = rx.recv()?;
+    println!(
+        "  delivered {readiness:?} with {:?} (on loop thread: {on_loop})",
+        String::from_utf8_lossy(&got)
+    );
+    let (tx, rx) = channel();
+    el.schedule_now(move |h, _| {
+        let _ = tx.send(h.unsubscribe::<std::os::fd::OwnedFd>(sub));
+    })
+    .map_err(|e| e.kind)
+    .unwrap();
+    let read_end = rx.recv()??;
+    println!(
+        "  unsubscribed from a task on the loop thread: the read end (fd {}) is ours again",
+        std::os::fd::AsRawFd::as_raw_fd(&read_end)
+    );
+    drop((read_end, write_end));
 
     println!("destroy with 3 timers pending (one schedules another when canceled)");
     for i in 0..3 {
