@@ -91,6 +91,10 @@ pub enum Operation {
     Schedule,
     /// Releasing the loop's resources at the end of destroy.
     Teardown,
+    /// Subscribing a source for IO readiness (in the shim).
+    Subscribe,
+    /// Removing an IO subscription (in the shim).
+    Unsubscribe,
 }
 
 impl Operation {
@@ -103,6 +107,8 @@ impl Operation {
             Operation::Destroy => "destroy",
             Operation::Schedule => "schedule",
             Operation::Teardown => "teardown",
+            Operation::Subscribe => "subscribe",
+            Operation::Unsubscribe => "unsubscribe",
         }
     }
 }

@@ -315,8 +315,7 @@ impl EventLoop {
             std::thread::yield_now();
         }
         s.loop_thread.store(thread_id::current(), Ordering::Release);
-        s.cancel_everything(&self.handle);
-        s.release_subscriptions();
+        s.cancel_and_release_everything(&self.handle);
         s.loop_thread.store(0, Ordering::Release);
         let result = s.lifecycle.finish_destroy();
         // Our references are the last strong ones (handles are weak): the descriptors close

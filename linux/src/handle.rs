@@ -170,7 +170,7 @@ impl LoopHandle {
             }
         }
         let Some(shared) = self.upgrade() else {
-            let e = destroyed_error(Operation::Schedule);
+            let e = destroyed_error(Operation::Subscribe);
             return refuse(SubscribeErrorKind::Destroyed(e), source);
         };
         let _guard = if shared.on_loop_thread() {
@@ -178,7 +178,13 @@ impl LoopHandle {
         } else {
             match shared.lifecycle.enter_producer() {
                 Ok(g) => Some(g),
-                Err(e) => return refuse(SubscribeErrorKind::Destroyed(e), source),
+                Err(e) => {
+                    let e = reseau_core::LifecycleError {
+                        op: Operation::Subscribe,
+                        ..e
+                    };
+                    return refuse(SubscribeErrorKind::Destroyed(e), source);
+                }
             }
         };
         // Insert first, then register, under the lock: the loop cannot see an event for
@@ -229,7 +235,7 @@ impl LoopHandle {
     pub fn unsubscribe<S: AsFd + Send + 'static>(&self, sub: Subscription) -> Result<S, Error> {
         let shared = self
             .upgrade()
-            .ok_or(Error::InvalidState(destroyed_error(Operation::Schedule)))?;
+            .ok_or(Error::InvalidState(destroyed_error(Operation::Unsubscribe)))?;
         let on_loop = shared.on_loop_thread();
         if !on_loop && shared.lifecycle.is_live() {
             return Err(Error::Unsubscribe(
@@ -239,6 +245,12 @@ impl LoopHandle {
         let mut subs = lock(&shared.subs);
         match subs.find(sub) {
             Found::Missing => return Err(Error::Unsubscribe(UnsubscribeError::NotSubscribed)),
+            // Off the loop thread, a callback in flight means a `run` raced this call.
+            Found::InCallback if !on_loop => {
+                return Err(Error::Unsubscribe(
+                    UnsubscribeError::OffLoopThreadWhileRunning,
+                ));
+            }
             Found::InCallback => return Err(Error::Unsubscribe(UnsubscribeError::InOwnCallback)),
             Found::Active(entry) if entry.source_type() != std::any::TypeId::of::<S>() => {
                 return Err(Error::Unsubscribe(UnsubscribeError::WrongSourceType));

@@ -4,7 +4,9 @@
 //! `epoll_wait` to the end of the tick) to the current one-second window; when a tick ends
 //! in a later second than the window's, the window's sum becomes the published load factor
 //! and a new window starts. A loop that has not ticked for over a second (asleep: idle) reads
-//! as 0. Only the loop thread writes; any thread reads.
+//! as 0, unless it is in the middle of a tick: a tick in progress counts as busy, so a loop
+//! stuck in a long task is not mistaken for an idle one (which aws-c-io's would be). Only
+//! the loop thread writes; any thread reads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +19,9 @@ pub(crate) struct Load {
     window_busy: AtomicU64,
     published: AtomicU64,
     last_tick_end: AtomicU64,
+    /// When the tick in progress started (0: none): a loop stuck in a long task is busy,
+    /// not idle.
+    busy_since: AtomicU64,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds (busy time is real time, whatever the loop's clock).
@@ -25,8 +30,14 @@ pub(crate) fn mono_now() -> u64 {
 }
 
 impl Load {
+    /// Marks the start of a tick (monotonic nanoseconds).
+    pub(crate) fn tick_start(&self, start: u64) {
+        self.busy_since.store(start.max(1), Ordering::Relaxed);
+    }
+
     /// Records a tick that was busy from `start` to `end` (monotonic nanoseconds).
     pub(crate) fn tick(&self, start: u64, end: u64) {
+        self.busy_since.store(0, Ordering::Relaxed);
         let busy = end.saturating_sub(start);
         let sec = end / SEC;
         if sec != self.window_sec.load(Ordering::Relaxed) {
@@ -38,14 +49,21 @@ impl Load {
         self.last_tick_end.store(end, Ordering::Relaxed);
     }
 
-    /// Nanoseconds of busy time in the last complete window; 0 for a loop idle over a second.
+    /// Nanoseconds of busy time in the last complete window (or the current one, counting a
+    /// tick still in progress, if that is more); 0 for a loop idle over a second.
     pub(crate) fn factor(&self) -> u64 {
+        let now = mono_now();
+        let since = self.busy_since.load(Ordering::Relaxed);
+        let running = if since == 0 {
+            0
+        } else {
+            now.saturating_sub(since)
+        };
         let last = self.last_tick_end.load(Ordering::Relaxed);
-        if mono_now().saturating_sub(last) > SEC {
+        if running == 0 && now.saturating_sub(last) > SEC {
             return 0;
         }
-        self.published
-            .load(Ordering::Relaxed)
-            .max(self.window_busy.load(Ordering::Relaxed))
+        let current = self.window_busy.load(Ordering::Relaxed) + running;
+        self.published.load(Ordering::Relaxed).max(current)
     }
 }

@@ -270,11 +270,27 @@ impl Shared {
         }
     }
 
-    /// Deregisters and drops every remaining subscription (closing sources it owns).
-    pub(crate) fn release_subscriptions(&self) {
+    /// Deregisters and drops every remaining subscription (closing sources it owns);
+    /// returns how many.
+    pub(crate) fn release_subscriptions(&self) -> usize {
         let entries = lock(&self.subs).drain();
+        let released = entries.len();
         for entry in entries {
             self.deregister(&*entry);
+        }
+        released
+    }
+
+    /// The end of destroy, on the loop's identity: cancels every task and releases every
+    /// subscription, repeating until both are gone — dropping a subscription's source or
+    /// callback may schedule a task (which must be canceled, not lost), and a canceled task
+    /// may subscribe.
+    pub(crate) fn cancel_and_release_everything(&self, handle: &LoopHandle) {
+        loop {
+            self.cancel_everything(handle);
+            if self.release_subscriptions() == 0 {
+                break;
+            }
         }
     }
 
@@ -357,6 +373,7 @@ impl Shared {
                 }
             }
             let tick_start = mono_now();
+            self.load.tick_start(tick_start);
             Counters::bump(&self.counters.events_dispatched, events.len() as u64);
             for event in &events {
                 let token = event.data.u64();
@@ -438,8 +455,7 @@ impl Shared {
             drop(exit);
             // Destroy gave up waiting for us: cancel on the loop's behalf and finish the
             // teardown here; the descriptors close when this thread drops the last `Arc`.
-            self.cancel_everything(&handle);
-            self.release_subscriptions();
+            self.cancel_and_release_everything(&handle);
             self.loop_thread.store(0, Ordering::Release);
             self.lifecycle.loop_exited();
             let _ = self.lifecycle.finish_destroy();

@@ -125,8 +125,8 @@ fn c17_readable_fires_again_the_second_time_after_draining_to_eagain() {
     let (ready, n) = recv(&rx);
     assert!(ready.is_readable());
     assert_eq!(n, 1);
-    write_byte(&w);
-    write_byte(&w);
+    // One write of two bytes: a single edge (two writes could be two edges).
+    assert_eq!(rustix::io::write(&w, b"yz").unwrap(), 2);
     let (ready, n) = recv(&rx);
     assert!(ready.is_readable());
     assert_eq!(n, 2);
@@ -482,4 +482,51 @@ fn c16_a_panicking_io_callback_is_caught_and_the_loop_goes_on() {
     ticks(&h, 3);
     assert_eq!(h.stats().panics_caught, 1);
     el.destroy().unwrap();
+}
+
+/// A source whose drop schedules a task on its loop.
+struct SchedulesOnDrop {
+    fd: OwnedFd,
+    handle: LoopHandle,
+    tx: Sender<(reseau_linux::TaskStatus, bool)>,
+}
+
+impl AsFd for SchedulesOnDrop {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SchedulesOnDrop {
+    fn drop(&mut self) {
+        let tx = self.tx.clone();
+        let scheduled = self
+            .handle
+            .schedule_now(move |h, st| tx.send((st, h.is_on_loop_thread())).unwrap());
+        assert!(
+            scheduled.is_ok(),
+            "destroy's own identity may still schedule"
+        );
+    }
+}
+
+#[test]
+fn c20_a_task_scheduled_while_destroy_releases_subscriptions_is_canceled_not_lost() {
+    let mut el = running();
+    let h = el.handle();
+    let (r, _w) = pipe();
+    let (tx, rx) = channel();
+    let source = SchedulesOnDrop {
+        fd: r,
+        handle: h.clone(),
+        tx,
+    };
+    h.subscribe(source, Interest::READABLE, |_, _, _| IoControl::Keep)
+        .unwrap();
+    el.destroy().unwrap();
+    // Synchronously inside destroy: the task scheduled by the dropped source ran canceled.
+    assert_eq!(
+        rx.try_recv(),
+        Ok((reseau_linux::TaskStatus::Canceled, true))
+    );
 }
