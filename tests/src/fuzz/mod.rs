@@ -13,11 +13,14 @@
 //!   parks, checking FIFO, loss, duplication and the wake protocol (no lost wakeup).
 //! - [`lifecycle`]: [`reseau_core::Lifecycle`] against an explicit transition table, and
 //!   under the shim's protocol (a loop thread that may fail to start).
+//! - [`event_loop`]: a real [`reseau_linux::EventLoop`] driven by a script from three
+//!   threads: every task runs exactly once, in order, never early; nothing leaks.
 //!
 //! To add a target: a module here with the same `run` signature, a one-line file in
 //! `fuzz/fuzz_targets/` plus a `[[bin]]` in `fuzz/Cargo.toml`, a seed directory in
 //! `fuzz/corpus/`, and an entry in [`TARGETS`] (the replay test reads it).
 
+pub mod event_loop;
 pub mod inbox;
 pub mod lifecycle;
 pub mod scheduler;
@@ -30,4 +33,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("scheduler", scheduler::run),
     ("inbox", inbox::run),
     ("lifecycle", lifecycle::run),
+    ("event_loop", event_loop::run),
 ];
