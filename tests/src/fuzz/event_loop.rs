@@ -343,9 +343,7 @@ fn run_script(ops: &[Op]) {
                 let _ = el.run();
             }
             (Op::PipeWrite, _) => {
-                if rustix::io::write(&w, b"!").is_ok() {
-                    written += 1;
-                }
+                written += usize::from(rustix::io::write(&w, b"!").is_ok());
             }
             _ => {}
         }
