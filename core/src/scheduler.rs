@@ -447,7 +447,7 @@ impl<T, const N: usize> Scheduler<T, N> {
         self.heap_set(pos, idx);
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn set_generation(&mut self, slot: u32, generation: u32) {
         self.slots[slot as usize].generation = generation;
     }
