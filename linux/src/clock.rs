@@ -47,3 +47,35 @@ pub fn timeout_ms(deadline: Option<u64>, now: u64) -> Option<u32> {
     let ms = ns.div_ceil(1_000_000);
     Some(ms.min(i32::MAX as u64 - 1) as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_up_to_whole_milliseconds_and_clamp_below_i32_max() {
+        assert_eq!(timeout_ms(None, 5), None);
+        assert_eq!(timeout_ms(Some(5), 5), Some(0));
+        assert_eq!(
+            timeout_ms(Some(4), 5),
+            Some(0),
+            "a past deadline does not wait"
+        );
+        assert_eq!(
+            timeout_ms(Some(500_000), 0),
+            Some(1),
+            "0.5 ms waits 1 ms, not 0"
+        );
+        assert_eq!(timeout_ms(Some(1), 0), Some(1));
+        assert_eq!(timeout_ms(Some(1_000_000), 0), Some(1));
+        assert_eq!(timeout_ms(Some(1_000_001), 0), Some(2));
+        assert_eq!(timeout_ms(Some(u64::MAX), 0), Some(i32::MAX as u32 - 1));
+    }
+
+    #[test]
+    fn the_custom_clock_is_read() {
+        let clock = Clock::Custom(Arc::new(|| 42));
+        assert_eq!(clock.now(), 42);
+        assert!(Clock::Monotonic.now() > 0);
+    }
+}
