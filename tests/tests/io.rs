@@ -530,3 +530,39 @@ fn c20_a_task_scheduled_while_destroy_releases_subscriptions_is_canceled_not_los
         Ok((reseau_linux::TaskStatus::Canceled, true))
     );
 }
+
+#[test]
+fn c26_a_double_subscribe_is_refused_and_the_first_subscription_stays_intact() {
+    let mut el = running();
+    let h = el.handle();
+    let (r, w) = pipe();
+    let r = Arc::new(r);
+    let (tx, rx) = channel();
+    let first = h
+        .subscribe(r.clone(), Interest::READABLE, reporter(tx))
+        .unwrap();
+    // aws-c-io overwrites the first registration's data here; reseau refuses and keeps it.
+    let e = h
+        .subscribe(
+            r.clone(),
+            Interest::WRITABLE,
+            |_, _: &mut Arc<OwnedFd>, _| panic!("the refused subscription must never run"),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, SubscribeErrorKind::AlreadySubscribed);
+    assert_eq!(Arc::strong_count(&e.source), 3, "the source came back");
+    drop(e);
+    assert_eq!(h.subscriptions(), 1);
+    write_byte(&w);
+    assert!(
+        recv(&rx).is_readable(),
+        "the first subscription stopped delivering"
+    );
+    ticks(&h, 2);
+    assert_eq!(h.stats().panics_caught, 0);
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    let back: Arc<OwnedFd> = h.unsubscribe(first).unwrap();
+    assert!(Arc::ptr_eq(&back, &r));
+    el.destroy().unwrap();
+}
