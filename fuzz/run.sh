@@ -4,10 +4,11 @@
 #   fuzz/run.sh TARGET SECONDS
 #
 # TARGET is a file name in fuzz/fuzz_targets/ (scheduler, inbox, lifecycle); its corpus is
-# fuzz/corpus/TARGET/ (new inputs are added there, then `cargo fuzz cmin` minimizes it).
+# fuzz/corpus/TARGET/ (new inputs are added there, then `cargo fuzz cmin` minimizes it on
+# edge coverage).
 # A crash stops the script with the input in fuzz/artifacts/TARGET/: fix the bug, then copy
-# the input into fuzz/corpus/TARGET/ so the stable replay (tests/tests/fuzz_replay.rs)
-# keeps it as a regression test.
+# the input into fuzz/corpus/TARGET/ as regress-<what> (cmin keeps those) so the stable
+# replay (tests/tests/fuzz_replay.rs) keeps it as a regression test.
 #
 # Environment:
 #   FUZZ_NO_CMIN=1   fuzz a temporary copy of the corpus and leave fuzz/corpus untouched
@@ -50,10 +51,18 @@ cargo +"$NIGHTLY" fuzz run --debug-assertions "$target" "$work" -- \
     -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
     -print_final_stats=1
 
+# Minimize on edge coverage alone (-use_counters=0): the smallest set of inputs that keeps
+# every edge reached, which keeps the committed corpus to a few hundred files at most.
+# Files named regress-* (inputs that once found a bug) are kept as they are.
 if [ "${FUZZ_NO_CMIN:-0}" != 1 ]; then
+    keep=$(mktemp -d)
+    find "$corpus" -maxdepth 1 -type f -name 'regress-*' -exec mv -t "$keep" {} +
     cargo +"$NIGHTLY" fuzz cmin --debug-assertions "$target" "$corpus" -- \
+        -use_counters=0 \
         -max_len="${FUZZ_MAX_LEN:-4096}" \
         -timeout="${FUZZ_TIMEOUT:-10}"
+    find "$keep" -maxdepth 1 -type f -exec mv -t "$corpus" {} +
+    rmdir "$keep"
     count=$(find "$corpus" -type f | wc -l)
     echo "== $target: $count corpus files after cmin"
     if [ "$count" -gt 200 ]; then

@@ -1,7 +1,8 @@
 //! Fuzz target `inbox`: [`Inbox`] under arbitrary single-threaded interleavings of several
 //! logical producers and one consumer that drains, prepares to park and parks.
 //!
-//! The first byte picks the capacity (2, 4 or 8). The rest is a sequence of [`Op`]s. The
+//! The first byte picks the capacity (2, 4 or 8) and how the inbox is built
+//! ([`Inbox::new`], or [`Inbox::init_in`] in a `Box::new_uninit()`). The rest is a sequence of [`Op`]s. The
 //! harness models what the shim does around the inbox:
 //! - a producer whose push returns [`Wake::Needed`] signals the consumer (an eventfd
 //!   write): `signal_pending` becomes true;
@@ -69,15 +70,17 @@ enum Consumer {
 /// On the first violated invariant.
 pub fn run(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    match u.arbitrary::<u8>().unwrap_or(0) % 3 {
-        0 => run_with::<2>(u),
-        1 => run_with::<4>(u),
-        _ => run_with::<8>(u),
+    let b = u.arbitrary::<u8>().unwrap_or(0);
+    let in_place = (b / 3) % 2 == 1;
+    match b % 3 {
+        0 => run_with::<2>(u, in_place),
+        1 => run_with::<4>(u, in_place),
+        _ => run_with::<8>(u, in_place),
     }
 }
 
 struct Harness<'a, const N: usize> {
-    inbox: Inbox<Item, N>,
+    inbox: Box<Inbox<Item, N>>,
     token: &'a Rc<()>,
     /// The reference queue: `(producer, seq)` in push order.
     model: VecDeque<(usize, u32)>,
@@ -96,10 +99,20 @@ struct Harness<'a, const N: usize> {
     pushes: usize,
 }
 
-fn run_with<const N: usize>(mut u: Unstructured<'_>) {
+fn new_inbox<const N: usize>(in_place: bool) -> Box<Inbox<Item, N>> {
+    if !in_place {
+        return Box::new(Inbox::new());
+    }
+    let mut place = Box::<Inbox<Item, N>>::new_uninit();
+    Inbox::init_in(&mut place);
+    // SAFETY: `init_in` initialized the whole value.
+    unsafe { place.assume_init() }
+}
+
+fn run_with<const N: usize>(mut u: Unstructured<'_>, in_place: bool) {
     let token = Rc::new(());
     let mut h = Harness::<N> {
-        inbox: Inbox::new(),
+        inbox: new_inbox(in_place),
         token: &token,
         model: VecDeque::new(),
         next: [0; PRODUCERS],

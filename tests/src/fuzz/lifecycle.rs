@@ -13,6 +13,8 @@
 //!   thread is starting or running; a running or stopping loop has such a thread; and
 //!   whatever the script left behind, destroy (wake, join, teardown) always completes.
 
+use core::fmt;
+
 use arbitrary::{Arbitrary, Unstructured};
 use reseau_core::{Lifecycle, LifecycleError, Operation, ProducerGuard, State, StopOutcome};
 
@@ -210,10 +212,13 @@ impl<'a> Checked<'a> {
                 Res::Unit
             }
         };
-        let ctx = format!(
-            "call {} {op:?} from {:?} (live {})",
-            self.calls, self.state, self.live
-        );
+        // Formatted only when an assertion fails (keeps the target fast).
+        let ctx = CallCtx {
+            call: self.calls,
+            op,
+            state: self.state,
+            live: self.live,
+        };
         assert_eq!(res, want.res, "result of {ctx}");
         if let Res::Err(e) = res {
             let text = e.to_string();
@@ -241,6 +246,34 @@ impl<'a> Checked<'a> {
     /// The state the table says the lifecycle is in.
     pub fn state(&self) -> State {
         self.state
+    }
+}
+
+/// Describes a call in an assertion message.
+#[derive(Clone, Copy)]
+struct CallCtx {
+    call: usize,
+    op: RawOp,
+    state: State,
+    live: bool,
+}
+
+impl fmt::Display for CallCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "call {} {:?} from {:?} (live {})",
+            self.call, self.op, self.state, self.live
+        )
+    }
+}
+
+/// Describes a step of the shim script in an assertion message.
+struct StepCtx(&'static str, usize, ShimOp);
+
+impl fmt::Display for StepCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ({:?})", self.0, self.1, self.2)
     }
 }
 
@@ -327,7 +360,7 @@ fn run_shim(c: &mut Checked<'_>, u: &mut Unstructured<'_>) {
     while !u.is_empty() {
         let Ok(op) = ShimOp::arbitrary(u) else { break };
         s.apply(op);
-        s.check(&format!("step {step} ({op:?})"));
+        s.check(StepCtx("step", step, op));
         step += 1;
     }
     // Whatever the script left behind, destroy completes: start or fail the owed thread,
@@ -336,13 +369,13 @@ fn run_shim(c: &mut Checked<'_>, u: &mut Unstructured<'_>) {
     if step % 2 == 1 {
         ends[0] = ShimOp::SpawnFail;
     }
-    for op in ends {
+    for (i, op) in ends.into_iter().enumerate() {
         s.apply(op);
-        s.check(&format!("teardown ({op:?})"));
+        s.check(StepCtx("teardown step", i, op));
     }
     assert!(matches!(s.thread, Thread::None | Thread::Exited));
     s.apply(ShimOp::FinishDestroy);
-    s.check("teardown (FinishDestroy)");
+    s.check(StepCtx("teardown step", 3, ShimOp::FinishDestroy));
     assert_eq!(s.c.state(), State::Destroyed, "destroy did not complete");
     while !s.c.guards.is_empty() {
         s.apply(ShimOp::Leave(0));
@@ -441,7 +474,7 @@ impl Shim<'_, '_> {
         }
     }
 
-    fn check(&self, ctx: &str) {
+    fn check(&self, ctx: StepCtx) {
         let state = self.c.state();
         let owed_or_running = matches!(self.thread, Thread::Starting | Thread::Alive);
         assert_eq!(
