@@ -18,7 +18,7 @@
 //! the loop thread has exited.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use crate::io::Slab;
 use crate::load::Load;
 use crate::queues;
 use crate::shared::{Exit, Local, Shared, WAKEUP_TOKEN, destroyed_error, lock};
-use crate::stats::Counters;
+use crate::stats::{CachePadded, Counters};
 use crate::sys::{self, Backend, RealSyscalls, SysError, Syscalls};
 use crate::thread_id;
 use crate::wakeup::Wakeup;
@@ -136,14 +136,15 @@ impl EventLoop {
             wakeup: wakeup_backend,
         };
         let shared = Arc::new_cyclic(|weak| Shared {
-            lifecycle: Lifecycle::new(),
+            lifecycle: CachePadded(Lifecycle::new()),
             inbox,
             local: Mutex::new(Local {
                 sched,
                 wakeup_registered: false,
             }),
             subs: Mutex::new(Slab::new()),
-            pending: AtomicUsize::new(0),
+            pending: CachePadded(AtomicUsize::new(0)),
+            stop_hint: CachePadded(AtomicBool::new(false)),
             capacity,
             epoll,
             wakeup: Wakeup::new(wakeup_fds),
@@ -302,6 +303,7 @@ impl EventLoop {
     pub fn destroy(&mut self) -> Result<(), Error> {
         let s = self.shared(Operation::Destroy)?.clone();
         let from = s.lifecycle.begin_destroy(s.on_loop_thread())?;
+        s.stop_hint.store(true, Ordering::Release);
         if matches!(from, State::Running | State::Stopping) {
             s.wake();
         }
@@ -344,6 +346,7 @@ impl Drop for EventLoop {
                 "reseau: EventLoop dropped on its own thread; it will tear down after this task"
             );
             let _ = s.lifecycle.begin_destroy(false);
+            s.stop_hint.store(true, Ordering::Release);
             lock(&s.exit).abandoned = true;
             return;
         }

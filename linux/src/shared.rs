@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use crate::handle::LoopHandle;
 use crate::io::{IoControl, Readiness, Slab, Subscription};
 use crate::load::{Load, mono_now};
 use crate::queues::{Msg, MsgQueue, TaskQueue};
-use crate::stats::Counters;
+use crate::stats::{CachePadded, Counters};
 use crate::sys::{Backend, SysError, Syscalls};
 use crate::task::{self, Job, Task, TaskHandle};
 use crate::thread_id;
@@ -43,11 +43,15 @@ pub(crate) struct Exit {
 }
 
 pub(crate) struct Shared {
-    pub(crate) lifecycle: Lifecycle,
+    pub(crate) lifecycle: CachePadded<Lifecycle>,
     pub(crate) inbox: Box<dyn MsgQueue>,
     pub(crate) local: Mutex<Local>,
     pub(crate) subs: Mutex<Slab>,
-    pub(crate) pending: AtomicUsize,
+    pub(crate) pending: CachePadded<AtomicUsize>,
+    /// Set (after the lifecycle transition) by a stop or destroy request, cleared by the
+    /// loop thread when it exits: lets the loop check "stop?" between tasks on a line that
+    /// producers do not write, confirming with the lifecycle only when it is set.
+    pub(crate) stop_hint: CachePadded<AtomicBool>,
     pub(crate) capacity: usize,
     pub(crate) epoll: OwnedFd,
     pub(crate) wakeup: Wakeup,
@@ -104,13 +108,13 @@ impl Shared {
         if let Err(errno) = self.wakeup.wake() {
             log::error!("reseau: writing the wakeup failed: {errno}");
         }
-        Counters::bump(&self.counters.wakeups_written, 1);
+        Counters::bump(&self.counters.producers.wakeups_written, 1);
     }
 
     pub(crate) fn note_push(&self, wake: Wake) {
         match wake {
             Wake::Needed => self.wake(),
-            Wake::Coalesced => Counters::bump(&self.counters.wakeups_coalesced, 1),
+            Wake::Coalesced => Counters::bump(&self.counters.producers.wakeups_coalesced, 1),
         }
     }
 
@@ -229,8 +233,11 @@ impl Shared {
                 }));
             }
         };
-        if self.lifecycle.request_stop()? == StopOutcome::Requested && !on_loop {
-            self.wake();
+        if self.lifecycle.request_stop()? == StopOutcome::Requested {
+            self.stop_hint.store(true, Ordering::Release);
+            if !on_loop {
+                self.wake();
+            }
         }
         drop(guard);
         Ok(())
@@ -294,9 +301,22 @@ impl Shared {
         }
     }
 
-    /// Runs a task taken out of the queues, exactly once, counting it and catching a panic.
+    /// Runs a task taken out of the queues, exactly once, counting it, catching a panic, and
+    /// releasing its reservation.
     pub(crate) fn execute(&self, handle: &LoopHandle, job: Job, status: TaskStatus) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.release(1);
+        self.run_job(handle, job, status);
+    }
+
+    /// Gives `n` task reservations back to producers.
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Runs a task, counting it and catching a panic; its reservation is the caller's.
+    pub(crate) fn run_job(&self, handle: &LoopHandle, job: Job, status: TaskStatus) {
         match status {
             TaskStatus::RunReady => Counters::bump(&self.counters.tasks_run, 1),
             TaskStatus::Canceled => Counters::bump(&self.counters.tasks_canceled, 1),
@@ -305,6 +325,12 @@ impl Shared {
             Counters::bump(&self.counters.panics_caught, 1);
             log::error!("reseau: a task panicked (status {status:?}); the loop goes on");
         }
+    }
+
+    /// Whether the loop should stop before its next task: the cheap hint first, the
+    /// lifecycle only when the hint is set.
+    fn stop_requested(&self) -> bool {
+        self.stop_hint.load(Ordering::Acquire) && !self.lifecycle.should_run()
     }
 
     /// Moves every queued cross-thread message into the scheduler (or executes it).
@@ -389,12 +415,21 @@ impl Shared {
             }
             self.drain_inbox(handle);
             let batch = lock(&self.local).sched.begin(self.clock.now());
-            while self.lifecycle.should_run() {
+            // Reservations go back in bulk: one contended `fetch_sub` per 64 tasks rather
+            // than per task (a producer may meanwhile see the loop full a little early).
+            let mut ran = 0;
+            while !self.stop_requested() {
                 let job = lock(&self.local).sched.pop_due(&batch);
                 let Some(job) = job else { break };
                 let status = task::due_status(&job);
-                self.execute(handle, job, status);
+                self.run_job(handle, job, status);
+                ran += 1;
+                if ran == 64 {
+                    self.release(ran);
+                    ran = 0;
+                }
             }
+            self.release(ran);
             self.load.tick(tick_start, mono_now());
         }
         Ok(())
@@ -450,6 +485,8 @@ impl Shared {
         if let Err(e) = self.run_loop(&handle) {
             *lock(&self.loop_error) = Some(e);
         }
+        // The stop (if any) has been seen; the next run starts without it.
+        self.stop_hint.store(false, Ordering::Release);
         let mut exit = lock(&self.exit);
         if exit.abandoned {
             drop(exit);

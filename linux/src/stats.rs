@@ -22,15 +22,38 @@ pub struct Stats {
     pub panics_caught: u64,
 }
 
+/// A value alone on its cache line (64 bytes on x86_64 and aarch64), so that writes to it
+/// from one core do not invalidate the neighbours another core is reading.
 #[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct CachePadded<T>(pub T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The loop's counters. The loop's identity writes the first five; producers write the
+/// wakeup counters, which sit on a cache line of their own so that a producer's push and the
+/// loop's counting never fight over one line.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
 pub(crate) struct Counters {
     pub tasks_run: AtomicU64,
     pub tasks_canceled: AtomicU64,
-    pub wakeups_written: AtomicU64,
-    pub wakeups_coalesced: AtomicU64,
     pub epoll_waits: AtomicU64,
     pub events_dispatched: AtomicU64,
     pub panics_caught: AtomicU64,
+    pub producers: CachePadded<ProducerCounters>,
+}
+
+/// The counters producers write.
+#[derive(Debug, Default)]
+pub(crate) struct ProducerCounters {
+    pub wakeups_written: AtomicU64,
+    pub wakeups_coalesced: AtomicU64,
 }
 
 impl Counters {
@@ -43,8 +66,8 @@ impl Counters {
         Stats {
             tasks_run: r(&self.tasks_run),
             tasks_canceled: r(&self.tasks_canceled),
-            wakeups_written: r(&self.wakeups_written),
-            wakeups_coalesced: r(&self.wakeups_coalesced),
+            wakeups_written: r(&self.producers.wakeups_written),
+            wakeups_coalesced: r(&self.producers.wakeups_coalesced),
             epoll_waits: r(&self.epoll_waits),
             events_dispatched: r(&self.events_dispatched),
             panics_caught: r(&self.panics_caught),
