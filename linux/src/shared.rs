@@ -194,6 +194,17 @@ impl Shared {
         }
     }
 
+    /// Takes a task whose cancel claim was won out of the scheduler, if it is there, and
+    /// runs it canceled. A task no longer there has run already (canceled, since the claim
+    /// is lost to its run) or is still in the inbox (and runs canceled when drained).
+    fn take_out_canceled(&self, handle: &LoopHandle, job: &Job) {
+        let Some(id) = task::get_id(job) else { return };
+        let found = lock(&self.local).sched.cancel(id);
+        if let Some(found) = found {
+            self.execute(handle, found, TaskStatus::Canceled);
+        }
+    }
+
     pub(crate) fn cancel(&self, handle: &LoopHandle, job: &Job) {
         if job.claim().claim_cancel() != reseau_core::ClaimOutcome::Won {
             return;
@@ -201,12 +212,7 @@ impl Shared {
         if self.on_loop_thread() {
             // Bring cross-thread schedules in first, so a task still in the inbox is found.
             self.drain_inbox(handle);
-            if let Some(id) = task::get_id(job) {
-                let found = lock(&self.local).sched.cancel(id);
-                if let Some(found) = found {
-                    self.execute(handle, found, TaskStatus::Canceled);
-                }
-            }
+            self.take_out_canceled(handle, job);
             return;
         }
         // The claim is ours: the task will run canceled whatever happens next. The message
@@ -340,12 +346,7 @@ impl Shared {
                 Msg::Now(job) => (job, None),
                 Msg::At(job, d) => (job, Some(d)),
                 Msg::Cancel(job) => {
-                    if let Some(id) = task::get_id(&job) {
-                        let found = lock(&self.local).sched.cancel(id);
-                        if let Some(found) = found {
-                            self.execute(handle, found, TaskStatus::Canceled);
-                        }
-                    }
+                    self.take_out_canceled(handle, &job);
                     continue;
                 }
             };
@@ -454,14 +455,7 @@ impl Shared {
                         let _ = job.claim().claim_cancel();
                         self.execute(handle, job, TaskStatus::Canceled);
                     }
-                    Msg::Cancel(job) => {
-                        if let Some(id) = task::get_id(&job) {
-                            let found = lock(&self.local).sched.cancel(id);
-                            if let Some(found) = found {
-                                self.execute(handle, found, TaskStatus::Canceled);
-                            }
-                        }
-                    }
+                    Msg::Cancel(job) => self.take_out_canceled(handle, &job),
                 }
             }
             if !any {
