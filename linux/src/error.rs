@@ -66,6 +66,22 @@ impl From<LifecycleError> for Error {
     }
 }
 
+/// When a task is to run: what [`LoopHandle::schedule_task`] takes, and what a
+/// [`ScheduleError`] records of the refused call.
+///
+/// [`LoopHandle::schedule_task`]: crate::LoopHandle::schedule_task
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// As soon as possible, as [`LoopHandle::schedule_now`](crate::LoopHandle::schedule_now).
+    Now,
+    /// As soon as possible, always through the inbox, as
+    /// [`LoopHandle::schedule_now_serialized`](crate::LoopHandle::schedule_now_serialized).
+    NowSerialized,
+    /// At a deadline of the loop's clock, as
+    /// [`LoopHandle::schedule_at`](crate::LoopHandle::schedule_at).
+    At(u64),
+}
+
 /// Why a schedule was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleErrorKind {
@@ -78,11 +94,20 @@ pub enum ScheduleErrorKind {
     Destroyed(LifecycleError),
 }
 
-/// A refused schedule: why, and the task itself, handed back untouched.
+/// A refused schedule: why, how the task was to run, and the task itself, handed back
+/// untouched.
+///
+/// To retry, give the same task back with [`LoopHandle::schedule_task`]
+/// (`h.schedule_task(e.task, e.when)`): the task is resubmitted as it is, not wrapped in a
+/// new closure, so a retry loop costs no allocation and no stack depth.
+///
+/// [`LoopHandle::schedule_task`]: crate::LoopHandle::schedule_task
 pub struct ScheduleError {
     /// Why the schedule was refused.
     pub kind: ScheduleErrorKind,
-    /// The task, never run: run it canceled, retry later, or drop it.
+    /// How the refused call asked the task to run.
+    pub when: When,
+    /// The task, never run: run it canceled, schedule it again, or drop it.
     pub task: Task,
 }
 
@@ -97,6 +122,7 @@ impl fmt::Debug for ScheduleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScheduleError")
             .field("kind", &self.kind)
+            .field("when", &self.when)
             .finish_non_exhaustive()
     }
 }

@@ -7,7 +7,7 @@ use reseau_core::{Operation, TaskStatus};
 use rustix::io::Errno;
 
 use crate::clock::Clock;
-use crate::error::{Error, ScheduleError, ScheduleErrorKind};
+use crate::error::{Error, ScheduleError, ScheduleErrorKind, When};
 use crate::io::{
     Entry, Found, Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
@@ -81,7 +81,7 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), None, false)
+        self.schedule(task::job(f), When::Now)
     }
 
     /// Like [`schedule_now`](Self::schedule_now), but always through the inbox, even from the
@@ -93,7 +93,7 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), None, true)
+        self.schedule(task::job(f), When::NowSerialized)
     }
 
     /// Schedules `f` to run on the loop thread at `deadline` (nanoseconds of the loop's
@@ -106,22 +106,29 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), Some(deadline), false)
+        self.schedule(task::job(f), When::At(deadline))
     }
 
-    fn schedule(
-        &self,
-        job: Job,
-        deadline: Option<u64>,
-        serialized: bool,
-    ) -> Result<TaskHandle, ScheduleError> {
+    /// Schedules a task handed back by a refused schedule (see [`ScheduleError`]) again,
+    /// as it is: no new allocation, no wrapping closure. `when` is usually the error's own
+    /// [`When`], but any is accepted. A task is scheduled at most once: the only way to
+    /// hold a [`Task`] is to have had it refused.
+    ///
+    /// # Errors
+    /// As [`schedule_now`](Self::schedule_now): the task comes back again.
+    pub fn schedule_task(&self, task: Task, when: When) -> Result<TaskHandle, ScheduleError> {
+        self.schedule(task.0, when)
+    }
+
+    fn schedule(&self, job: Job, when: When) -> Result<TaskHandle, ScheduleError> {
         let Some(shared) = self.upgrade() else {
             return Err(ScheduleError {
                 kind: ScheduleErrorKind::Destroyed(destroyed_error(Operation::Schedule)),
+                when,
                 task: Task(job),
             });
         };
-        shared.schedule(job, deadline, serialized)
+        shared.schedule(job, when)
     }
 
     /// Cancels a task: it runs exactly once with [`TaskStatus::Canceled`] — at once when

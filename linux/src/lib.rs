@@ -40,7 +40,7 @@ mod thread_id;
 mod wakeup;
 
 pub use clock::{Clock, timeout_ms};
-pub use error::{Error, ScheduleError, ScheduleErrorKind};
+pub use error::{Error, ScheduleError, ScheduleErrorKind, When};
 pub use event_loop::{EventLoop, EventLoopOptions};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;

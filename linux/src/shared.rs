@@ -13,7 +13,7 @@ use rustix::event::epoll;
 use rustix::io::Errno;
 
 use crate::clock::{Clock, timeout_ms};
-use crate::error::{Error, ScheduleError, ScheduleErrorKind};
+use crate::error::{Error, ScheduleError, ScheduleErrorKind, When};
 use crate::event_loop::EventLoopOptions;
 use crate::handle::LoopHandle;
 use crate::io::{IoControl, Readiness, Slab, Subscription};
@@ -118,12 +118,12 @@ impl Shared {
         }
     }
 
-    pub(crate) fn schedule(
-        &self,
-        job: Job,
-        deadline: Option<u64>,
-        serialized: bool,
-    ) -> Result<TaskHandle, ScheduleError> {
+    pub(crate) fn schedule(&self, job: Job, when: When) -> Result<TaskHandle, ScheduleError> {
+        let (deadline, serialized) = match when {
+            When::Now => (None, false),
+            When::NowSerialized => (None, true),
+            When::At(d) => (Some(d), false),
+        };
         let handle = TaskHandle(job.clone());
         let on_loop = self.on_loop_thread();
         // Off the loop thread, a producer guard keeps destroy from finishing (and the
@@ -136,6 +136,7 @@ impl Shared {
                 Err(e) => {
                     return Err(ScheduleError {
                         kind: ScheduleErrorKind::Destroyed(e),
+                        when,
                         task: Task(job),
                     });
                 }
@@ -146,6 +147,7 @@ impl Shared {
                 kind: ScheduleErrorKind::Full {
                     capacity: self.capacity,
                 },
+                when,
                 task: Task(job),
             });
         }
@@ -164,6 +166,7 @@ impl Shared {
                         kind: ScheduleErrorKind::Full {
                             capacity: self.capacity,
                         },
+                        when,
                         task: Task(full.into_inner()),
                     });
                 }
@@ -188,6 +191,7 @@ impl Shared {
                     kind: ScheduleErrorKind::Full {
                         capacity: self.capacity,
                     },
+                    when,
                     task: Task(job),
                 })
             }

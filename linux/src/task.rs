@@ -97,6 +97,9 @@ impl fmt::Debug for TaskHandle {
 }
 
 /// A task handed back by a refused schedule, never run.
+///
+/// Schedule it again as it is with [`LoopHandle::schedule_task`], run it yourself with
+/// [`run`](Self::run), or drop it (its closure is dropped unrun).
 pub struct Task(pub(crate) Job);
 
 impl Task {

@@ -36,17 +36,12 @@ impl Peer for Reseau {
     fn name(&self) -> &'static str {
         "reseau"
     }
-    fn submit(&self, mut job: Job) {
-        loop {
-            match self.0.schedule_now(move |_, _| job()) {
-                Ok(_) => return,
-                Err(e) => {
-                    let task = e.into_task();
-                    let h = self.0.handle();
-                    job = Box::new(move || task.run(&h, reseau_linux::TaskStatus::RunReady));
-                    std::thread::yield_now();
-                }
-            }
+    fn submit(&self, job: Job) {
+        let mut attempt = self.0.schedule_now(move |_, _| job());
+        // A full loop hands the task back; give the same task back until it fits.
+        while let Err(e) = attempt {
+            std::thread::yield_now();
+            attempt = self.0.schedule_task(e.task, e.when);
         }
     }
 }

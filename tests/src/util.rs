@@ -21,6 +21,37 @@ pub fn recv<T>(rx: &Receiver<T>) -> T {
         .expect("timed out waiting for the loop (failure guard)")
 }
 
+/// Whether this process is the child that [`run_in_child`] started with `marker` set.
+pub fn is_child(marker: &str) -> bool {
+    std::env::var_os(marker).is_some()
+}
+
+/// Runs the test `name` of the current test binary alone in a child process, with the
+/// environment variable `marker` set (see [`is_child`]), and fails unless it passed.
+///
+/// For tests that change process-wide state (rlimits, a seccomp filter). The child's
+/// report is indented in the failure message, so its own `test result:` line is not
+/// mistaken for this binary's by whoever counts them (`.ci/run` does).
+pub fn run_in_child(marker: &str, name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(marker, "1")
+        .output()
+        .expect("spawn the child test process");
+    let indent = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(|l| format!("    | {l}\n"))
+            .collect::<String>()
+    };
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child test {name} failed:\n{}{}",
+        indent(&out.stdout),
+        indent(&out.stderr)
+    );
+}
+
 /// The process's open descriptors, from `/proc/self/fd` (the directory's own descriptor
 /// excluded).
 pub fn open_fds() -> BTreeSet<i32> {

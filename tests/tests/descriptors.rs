@@ -12,7 +12,8 @@ use reseau_linux::{
     EpollBackend, Errno, Error, EventLoop, EventLoopOptions, SysError, TaskStatus, WakeupBackend,
 };
 use reseau_tests::util::{
-    Faults, all_closed, is_cloexec, is_nonblocking, loop_fds, open_fds, recv,
+    Faults, all_closed, is_child, is_cloexec, is_nonblocking, loop_fds, open_fds, recv,
+    run_in_child,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -263,45 +264,39 @@ fn c02_other_errnos_surface_with_the_call_and_close_what_was_opened() {
     assert_eq!(open_fds(), before);
 }
 
-/// Runs `name` (this file's test) in a child process with `RESEAU_CHILD` set.
-fn in_child(name: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("RESEAU_CHILD", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
-}
-
 #[test]
 fn c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing() {
-    if std::env::var_os("RESEAU_CHILD").is_none() {
+    if !is_child("RESEAU_CHILD") {
         let _s = serial();
-        return in_child("c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing");
+        return run_in_child(
+            "RESEAU_CHILD",
+            "c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing",
+        );
     }
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let before = open_fds();
     let highest = *before.iter().max().unwrap() as u64;
     let old = getrlimit(Resource::Nofile);
+    // One number above the highest open descriptor, so at least one filler exists even
+    // when the process holds no gap (a CI child often has only 0, 1 and 2 open).
     setrlimit(
         Resource::Nofile,
         Rlimit {
-            current: Some(highest + 1),
+            current: Some(highest + 2),
             maximum: old.maximum,
         },
     )
     .unwrap();
     // Fill every free descriptor number below the limit, so the next one fails.
     let mut fillers: Vec<OwnedFd> = Vec::new();
-    while let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 0) {
-        fillers.push(fd);
-    }
+    let filled = loop {
+        match rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 0) {
+            Ok(fd) => fillers.push(fd),
+            Err(errno) => break errno,
+        }
+    };
+    assert_eq!(filled, Errno::MFILE, "filling stopped for another reason");
+    assert!(!fillers.is_empty(), "the limit left no number to free");
     // Room for no descriptor at all: epoll_create1 fails.
     match EventLoop::new(EventLoopOptions::default()).unwrap_err() {
         Error::Sys(e) => assert_eq!(
@@ -314,7 +309,7 @@ fn c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing() {
         other => panic!("{other:?}"),
     }
     // Room for the epoll descriptor only: eventfd fails, and the epoll fd is closed.
-    fillers.pop();
+    drop(fillers.pop());
     match EventLoop::new(EventLoopOptions::default()).unwrap_err() {
         Error::Sys(e) => assert_eq!(
             e,

@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
-use reseau_linux::{
-    BoxedTask, EventLoop, EventLoopOptions, LoopHandle, ScheduleErrorKind, TaskStatus,
-};
+use reseau_linux::{EventLoop, EventLoopOptions, LoopHandle, ScheduleErrorKind, TaskStatus, When};
 use reseau_tests::util::recv;
 
 fn running() -> EventLoop {
@@ -77,7 +75,7 @@ fn c11_serialized_order_equals_linearization_order_at_high_contention() {
                     let id = p * PER + i;
                     let mut rec = record.lock().unwrap();
                     let (executed, done_tx) = (executed.clone(), done_tx.clone());
-                    let mut task: BoxedTask = Box::new(move |_, st| {
+                    let mut attempt = h.schedule_now_serialized(move |_, st| {
                         assert_eq!(st, TaskStatus::RunReady);
                         let mut ex = executed.lock().unwrap();
                         ex.push(id);
@@ -87,18 +85,12 @@ fn c11_serialized_order_equals_linearization_order_at_high_contention() {
                     });
                     // Retry on a full loop while still holding the record lock: the record
                     // stays the linearization order of successful schedules.
-                    loop {
-                        match h.schedule_now_serialized(task) {
-                            Ok(_) => break,
-                            Err(e) => {
-                                assert!(matches!(e.kind, ScheduleErrorKind::Full { .. }));
-                                let back = e.into_task();
-                                task = Box::new(move |h, st| back.run(h, st));
-                                // The loop drains concurrently; let it.
-                                std::thread::yield_now();
-                                continue;
-                            }
-                        }
+                    while let Err(e) = attempt {
+                        assert!(matches!(e.kind, ScheduleErrorKind::Full { .. }));
+                        assert_eq!(e.when, When::NowSerialized);
+                        // The loop drains concurrently; let it.
+                        std::thread::yield_now();
+                        attempt = h.schedule_task(e.task, e.when);
                     }
                     rec.push(id);
                 }
@@ -320,6 +312,44 @@ fn c14_a_full_loop_hands_the_task_back() {
 }
 
 #[test]
+fn c14_a_refused_task_is_scheduled_again_as_is_however_often_it_comes_back() {
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 64,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    for _ in 0..64 {
+        el.schedule_now(|_, _| {}).unwrap();
+    }
+    let (tx, rx) = channel();
+    let deadline = el.now();
+    let mut err = el
+        .schedule_at(deadline, move |h, st| {
+            tx.send((st, h.is_on_loop_thread())).unwrap()
+        })
+        .unwrap_err();
+    assert_eq!(err.when, When::At(deadline));
+    // Refused again and again: the same task comes back each time, with how it was asked
+    // to run. A retry that wrapped the task in a new closure would nest 100,000 deep and
+    // overflow the loop thread's stack when it finally ran.
+    for _ in 0..100_000 {
+        err = el.schedule_task(err.task, err.when).unwrap_err();
+        assert_eq!(err.kind, ScheduleErrorKind::Full { capacity: 64 });
+        assert_eq!(err.when, When::At(deadline));
+    }
+    el.run().unwrap();
+    let mut attempt = el.schedule_task(err.task, err.when);
+    while let Err(e) = attempt {
+        std::thread::yield_now();
+        attempt = el.schedule_task(e.task, e.when);
+    }
+    assert_eq!(recv(&rx), (TaskStatus::RunReady, true));
+    el.destroy().unwrap();
+    // Run exactly once: the sender is gone with the closure, and nothing else arrived.
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
 fn c15_a_burst_of_cross_thread_schedules_loses_no_wakeup_and_coalesces() {
     const TASKS: usize = 100_000;
     let mut el = EventLoop::new(EventLoopOptions {
@@ -336,20 +366,15 @@ fn c15_a_burst_of_cross_thread_schedules_loses_no_wakeup_and_coalesces() {
         std::thread::spawn(move || {
             for _ in 0..TASKS {
                 let (count, tx) = (count.clone(), tx.clone());
-                let mut task: BoxedTask = Box::new(move |_, _| {
+                let mut attempt = h.schedule_now(move |_, _| {
                     if count.fetch_add(1, Ordering::SeqCst) + 1 == TASKS {
                         tx.send(()).unwrap();
                     }
                 });
-                loop {
-                    match h.schedule_now(task) {
-                        Ok(_) => break,
-                        Err(e) => {
-                            let back = e.into_task();
-                            task = Box::new(move |h, st| back.run(h, st));
-                            std::thread::yield_now();
-                        }
-                    }
+                // A full loop hands the task back; give the same task back until it fits.
+                while let Err(e) = attempt {
+                    std::thread::yield_now();
+                    attempt = h.schedule_task(e.task, e.when);
                 }
             }
         })

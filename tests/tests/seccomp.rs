@@ -9,11 +9,10 @@
 //! filter checks the x86_64 audit architecture.
 #![cfg(target_arch = "x86_64")]
 
-use std::process::Command;
 use std::sync::mpsc::channel;
 
 use reseau_linux::{EpollBackend, EventLoop, EventLoopOptions, TaskStatus, WakeupBackend};
-use reseau_tests::util::{is_cloexec, is_nonblocking, recv};
+use reseau_tests::util::{is_child, is_cloexec, is_nonblocking, recv, run_in_child};
 
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 const BPF_LD_W_ABS: u16 = 0x20;
@@ -76,20 +75,11 @@ fn deny_modern_calls() {
 
 #[test]
 fn c02_under_seccomp_enosys_the_legacy_fallbacks_work_against_the_real_kernel() {
-    if std::env::var_os("RESEAU_SECCOMP_CHILD").is_none() {
-        let name = "c02_under_seccomp_enosys_the_legacy_fallbacks_work_against_the_real_kernel";
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env("RESEAU_SECCOMP_CHILD", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+    if !is_child("RESEAU_SECCOMP_CHILD") {
+        return run_in_child(
+            "RESEAU_SECCOMP_CHILD",
+            "c02_under_seccomp_enosys_the_legacy_fallbacks_work_against_the_real_kernel",
         );
-        return;
     }
     deny_modern_calls();
     // The filter answers: the modern calls are gone for this process from here on.
