@@ -16,8 +16,9 @@ pub enum Error {
     /// The operation is not legal in the loop's current state (names both), or was called
     /// from a thread where it would deadlock.
     InvalidState(LifecycleError),
-    /// The loop thread could not be spawned.
-    Spawn(std::io::ErrorKind),
+    /// A thread (the loop thread, or a group's shutdown thread) could not be spawned; the
+    /// error from the standard library, with its errno (`EAGAIN`, `ENOMEM`).
+    Spawn(std::io::Error),
     /// An option is out of range.
     InvalidOption(&'static str),
     /// An unsubscribe was refused.
@@ -33,7 +34,7 @@ impl fmt::Display for Error {
         match self {
             Error::Sys(e) => e.fmt(f),
             Error::InvalidState(e) => e.fmt(f),
-            Error::Spawn(kind) => write!(f, "spawning the loop thread failed: {kind}"),
+            Error::Spawn(e) => write!(f, "spawning a thread failed: {e}"),
             Error::InvalidOption(what) => write!(f, "invalid option: {what}"),
             Error::Unsubscribe(e) => e.fmt(f),
             Error::LoopThreadAlive => f.write_str(
@@ -49,6 +50,7 @@ impl std::error::Error for Error {
             Error::Sys(e) => Some(e),
             Error::InvalidState(e) => Some(e),
             Error::Unsubscribe(e) => Some(e),
+            Error::Spawn(e) => Some(e),
             _ => None,
         }
     }

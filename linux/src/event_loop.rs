@@ -59,6 +59,11 @@ pub struct EventLoopOptions {
     pub max_events: usize,
     /// Pins the loop thread to this CPU with `sched_setaffinity` (default: not pinned).
     pub cpu: Option<usize>,
+    /// The loop thread's stack size in bytes (default: the standard library's, 2 MiB
+    /// unless `RUST_MIN_STACK` says otherwise). Tasks and IO callbacks run on this stack.
+    /// If the thread cannot be created with it, [`EventLoop::run`] returns
+    /// [`Error::Spawn`] and the loop stays ready.
+    pub stack_size: Option<usize>,
 }
 
 impl Default for EventLoopOptions {
@@ -72,6 +77,7 @@ impl Default for EventLoopOptions {
             initial_events: 16,
             max_events: 1024,
             cpu: None,
+            stack_size: None,
         }
     }
 }
@@ -86,6 +92,7 @@ impl std::fmt::Debug for EventLoopOptions {
             .field("initial_events", &self.initial_events)
             .field("max_events", &self.max_events)
             .field("cpu", &self.cpu)
+            .field("stack_size", &self.stack_size)
             .finish_non_exhaustive()
     }
 }
@@ -244,10 +251,11 @@ impl EventLoop {
         let mut thread = lock(&s.thread);
         lock(&s.exit).exited = false;
         let runner = s.clone();
-        match std::thread::Builder::new()
-            .name(s.options.thread_name.clone())
-            .spawn(move || runner.thread_main())
-        {
+        let mut builder = std::thread::Builder::new().name(s.options.thread_name.clone());
+        if let Some(size) = s.options.stack_size {
+            builder = builder.stack_size(size);
+        }
+        match builder.spawn(move || runner.thread_main()) {
             Ok(h) => {
                 *thread = Some(h);
                 Ok(())
@@ -255,7 +263,7 @@ impl EventLoop {
             Err(e) => {
                 lock(&s.exit).exited = true;
                 s.lifecycle.run_failed();
-                Err(Error::Spawn(e.kind()))
+                Err(Error::Spawn(e))
             }
         }
     }

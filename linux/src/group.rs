@@ -276,7 +276,7 @@ impl EventLoopGroup {
             }
             Err(e) => {
                 state.loops = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Err(Error::Spawn(e.kind()))
+                Err(Error::Spawn(e))
             }
         }
     }

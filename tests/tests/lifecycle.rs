@@ -339,6 +339,46 @@ fn c27_a_failure_to_register_the_wakeup_is_returned_by_run() {
 }
 
 #[test]
+fn c27_a_failure_to_spawn_the_loop_thread_is_returned_by_run() {
+    // A stack larger than any user address space (2^50 bytes; x86_64 has 2^47): the
+    // loop thread cannot be created, so `pthread_create` fails (EAGAIN from glibc, whose
+    // stack mmap fails).
+    let huge = usize::try_from(1u64 << 50).unwrap_or(usize::MAX / 2);
+    let mut el = EventLoop::new(EventLoopOptions {
+        stack_size: Some(huge),
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    let (tx, rx) = channel();
+    el.schedule_now(move |h, st| tx.send((st, h.is_on_loop_thread())).unwrap())
+        .unwrap();
+    for attempt in 0..2 {
+        match el.run().unwrap_err() {
+            Error::Spawn(e) => {
+                let errno = e.raw_os_error();
+                assert!(
+                    errno == Some(libc::EAGAIN) || errno == Some(libc::ENOMEM),
+                    "attempt {attempt}: {e:?}"
+                );
+                assert!(
+                    Error::Spawn(e)
+                        .to_string()
+                        .contains("spawning a thread failed"),
+                    "attempt {attempt}"
+                );
+            }
+            other => panic!("attempt {attempt}: expected a spawn error, got {other:?}"),
+        }
+        // The failed start left no trace: still ready (the second attempt fails the same
+        // way, not with "already running"), and the task queued before it has not run.
+        assert_eq!(el.state(), State::Ready, "attempt {attempt}");
+        assert!(rx.try_recv().is_err(), "attempt {attempt}: the task ran");
+    }
+    el.destroy().unwrap();
+    assert_eq!(recv(&rx), (TaskStatus::Canceled, true));
+}
+
+#[test]
 fn c27_an_invalid_thread_name_is_refused_up_front() {
     let e = EventLoop::new(EventLoopOptions {
         thread_name: "bad\0name".into(),
