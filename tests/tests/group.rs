@@ -476,7 +476,6 @@ fn c21_a_failed_group_new_destroys_the_loops_it_created() {
         fail_from: 2,
         failed: AtomicBool::new(false),
     });
-    let (tx, rx) = channel::<TaskStatus>();
     let e = EventLoopGroup::new(EventLoopGroupOptions {
         loops: 4,
         loop_options: EventLoopOptions {
@@ -486,13 +485,11 @@ fn c21_a_failed_group_new_destroys_the_loops_it_created() {
         ..EventLoopGroupOptions::default()
     })
     .unwrap_err();
-    drop(tx);
     assert!(seam.failed.load(Ordering::SeqCst));
     match e {
         Error::Sys(e) => assert_eq!(e.errno, Errno::MFILE),
         other => panic!("expected the EMFILE, got {other:?}"),
     }
-    assert!(rx.try_recv().is_err());
     // The two loops created first were destroyed: their descriptors are gone. (A subset,
     // not equality: a shutdown thread an earlier test handed off may still be closing.)
     let after = open_fds();

@@ -566,3 +566,49 @@ fn c26_a_double_subscribe_is_refused_and_the_first_subscription_stays_intact() {
     assert!(Arc::ptr_eq(&back, &r));
     el.destroy().unwrap();
 }
+
+#[test]
+fn c22_one_tick_dispatches_io_then_drains_the_inbox_then_runs_what_is_due() {
+    let mut el = running();
+    let h = el.handle();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (r, w) = pipe();
+    let o = order.clone();
+    h.subscribe(r, Interest::READABLE, move |_, r: &mut OwnedFd, _| {
+        drain(r.as_fd());
+        o.lock().unwrap().push("io");
+        IoControl::Keep
+    })
+    .unwrap();
+    ticks(&h, 2);
+    assert!(order.lock().unwrap().is_empty(), "readable before a write");
+    // A task holds the loop thread while all three kinds of work arrive, so that they are
+    // all there for the same tick: a timer due now (in the scheduler, from the loop
+    // thread), a pipe made readable (in epoll), and a cross-thread task (in the inbox).
+    let (hold_tx, hold_rx) = channel::<()>();
+    let (held_tx, held_rx) = channel();
+    let (done_tx, done_rx) = channel();
+    let o = order.clone();
+    h.schedule_now(move |h, _| {
+        let now = h.now();
+        h.schedule_at(now, move |_, _| {
+            o.lock().unwrap().push("due");
+            done_tx.send(()).unwrap();
+        })
+        .unwrap();
+        held_tx.send(()).unwrap();
+        recv(&hold_rx);
+    })
+    .unwrap();
+    recv(&held_rx);
+    write_byte(&w);
+    let o = order.clone();
+    h.schedule_now(move |_, _| o.lock().unwrap().push("inbox"))
+        .unwrap();
+    hold_tx.send(()).unwrap();
+    recv(&done_rx);
+    // Drained after the due timer ran, the inbox task would come last; dispatched after
+    // the tasks, the IO callback would.
+    assert_eq!(*order.lock().unwrap(), ["io", "inbox", "due"]);
+    el.destroy().unwrap();
+}

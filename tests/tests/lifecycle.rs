@@ -423,3 +423,41 @@ fn c28_epoll_wait_eintr_is_retried_and_other_errors_stop_the_loop_visibly() {
     assert_eq!(recv(&rx), TaskStatus::RunReady);
     el.destroy().unwrap();
 }
+
+#[test]
+fn c29_thread_identity_is_published_by_the_loop_thread_before_its_first_task() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let h = el.handle();
+    assert!(
+        !h.is_on_loop_thread(),
+        "a loop that never ran has no thread"
+    );
+    // Queued before `run`: the very first task the new thread runs already sees itself as
+    // the loop thread, with no help from the thread that called `run`.
+    let report = |tx: std::sync::mpsc::Sender<_>| {
+        move |h: &reseau_linux::LoopHandle, _| {
+            tx.send((h.is_on_loop_thread(), std::thread::current().id()))
+                .unwrap()
+        }
+    };
+    let (tx, rx) = channel();
+    h.schedule_now(report(tx.clone())).unwrap();
+    el.run().unwrap();
+    let (on_loop, first) = recv(&rx);
+    assert!(on_loop);
+    assert_ne!(first, std::thread::current().id());
+    assert!(
+        !h.is_on_loop_thread(),
+        "the caller of run is not the loop thread"
+    );
+    // After a restart the identity is the new thread's.
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    assert!(!h.is_on_loop_thread());
+    h.schedule_now(report(tx)).unwrap();
+    el.run().unwrap();
+    let (on_loop, second) = recv(&rx);
+    assert!(on_loop);
+    assert_ne!(second, first, "a restart runs on a new thread");
+    el.destroy().unwrap();
+}

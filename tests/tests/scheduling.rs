@@ -264,7 +264,12 @@ fn c13_schedule_cancel_churn_64_rounds_yields_exactly_64_cancels() {
             on_loop(&h, move |h| h.cancel(&task));
         }
     }
+    // The off-thread cancels travel through the inbox ahead of this round trip: by its
+    // end every task has run canceled, an hour before its deadline and before destroy.
     on_loop(&h, |_| ());
+    assert_eq!(canceled.load(Ordering::SeqCst), 64);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    // Destroy finds nothing left to cancel: still exactly 64, each task once.
     el.destroy().unwrap();
     assert_eq!(canceled.load(Ordering::SeqCst), 64);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
@@ -403,10 +408,15 @@ fn c16_a_panicking_task_is_caught_counted_and_the_loop_goes_on() {
         .unwrap();
     assert_eq!(recv(&rx), (TaskStatus::RunReady, true));
     assert_eq!(h.stats().panics_caught, 1);
-    // A panic in a task canceled at destroy is caught too.
+    // A panic in a task canceled at destroy is caught too, and the teardown goes on to
+    // cancel the task after it.
     h.schedule_at(u64::MAX, |_, _| panic!("canceled task panics on purpose"))
         .unwrap();
+    let (tx, rx) = channel();
+    h.schedule_at(u64::MAX, move |_, st| tx.send(st).unwrap())
+        .unwrap();
     el.destroy().unwrap();
+    assert_eq!(recv(&rx), TaskStatus::Canceled);
 }
 
 #[test]
