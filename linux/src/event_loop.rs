@@ -152,6 +152,8 @@ impl EventLoop {
             subs: Mutex::new(Slab::new()),
             pending: CachePadded(AtomicUsize::new(0)),
             stop_hint: CachePadded(AtomicBool::new(false)),
+            late_cancels: Mutex::new(Vec::new()),
+            late_cancel_flag: AtomicBool::new(false),
             capacity,
             epoll,
             wakeup: Wakeup::new(wakeup_fds),

@@ -132,8 +132,10 @@ impl LoopHandle {
     }
 
     /// Cancels a task: it runs exactly once with [`TaskStatus::Canceled`] — at once when
-    /// called on the loop thread, on the loop thread soon after otherwise — unless it has
-    /// already run (or been canceled), in which case this is a no-op.
+    /// called on the loop thread, on the loop thread in its next tick otherwise (also when
+    /// the loop's inbox is full: the cancel then waits in a side list, the only place the
+    /// scheduling paths allocate) — unless it has already run (or been canceled), in which
+    /// case this is a no-op.
     pub fn cancel(&self, task: &TaskHandle) {
         if let Some(shared) = self.upgrade() {
             shared.cancel(&self.clone(), &task.0);

@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     /// loop thread when it exits: lets the loop check "stop?" between tasks on a line that
     /// producers do not write, confirming with the lifecycle only when it is set.
     pub(crate) stop_hint: CachePadded<AtomicBool>,
+    /// Cross-thread cancels that found the inbox full, taken out by the next drain; the
+    /// flag lets the loop skip the lock when there are none (the usual case).
+    pub(crate) late_cancels: Mutex<Vec<Job>>,
+    pub(crate) late_cancel_flag: AtomicBool,
     pub(crate) capacity: usize,
     pub(crate) epoll: OwnedFd,
     pub(crate) wakeup: Wakeup,
@@ -219,14 +223,34 @@ impl Shared {
             self.take_out_canceled(handle, job);
             return;
         }
-        // The claim is ours: the task will run canceled whatever happens next. The message
-        // only makes it prompt; if it cannot be queued (inbox full, destroy begun) the task
-        // runs canceled when it comes due, or at destroy.
+        // The claim is ours: the task will run canceled whatever happens next; the message
+        // makes it prompt (rather than at its deadline). Once destroy has begun, destroy
+        // cancels it.
         let Ok(_guard) = self.lifecycle.enter_producer() else {
             return;
         };
-        if let Ok(wake) = self.inbox.push(Msg::Cancel(job.clone())) {
-            self.note_push(wake);
+        match self.inbox.push(Msg::Cancel(job.clone())) {
+            Ok(wake) => self.note_push(wake),
+            Err(_) => {
+                // The inbox is full (the loop is behind): the rare path may allocate. The
+                // next drain takes the task out; the write makes sure there is one.
+                lock(&self.late_cancels).push(job.clone());
+                self.late_cancel_flag.store(true, Ordering::Release);
+                self.wake();
+            }
+        }
+    }
+
+    /// Takes out and runs canceled the tasks of cross-thread cancels that found the inbox
+    /// full. A task not in the scheduler yet is still in the inbox, where its drain sees
+    /// the lost claim and runs it canceled.
+    fn take_late_cancels(&self, handle: &LoopHandle) {
+        if !self.late_cancel_flag.swap(false, Ordering::Acquire) {
+            return;
+        }
+        let jobs = std::mem::take(&mut *lock(&self.late_cancels));
+        for job in &jobs {
+            self.take_out_canceled(handle, job);
         }
     }
 
@@ -375,6 +399,7 @@ impl Shared {
                 }
             }
         }
+        self.take_late_cancels(handle);
     }
 
     /// The loop thread's ticks, until stopped or an `epoll_wait` error.
@@ -462,6 +487,7 @@ impl Shared {
                     Msg::Cancel(job) => self.take_out_canceled(handle, &job),
                 }
             }
+            self.take_late_cancels(handle);
             if !any {
                 break;
             }

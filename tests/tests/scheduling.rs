@@ -276,6 +276,50 @@ fn c13_schedule_cancel_churn_64_rounds_yields_exactly_64_cancels() {
 }
 
 #[test]
+fn c13_a_cross_thread_cancel_is_prompt_even_when_the_inbox_is_full() {
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 64,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    // The target, an hour away, already in the scheduler (a task still in the inbox would
+    // be caught by its drain anyway).
+    let (tx, rx) = channel();
+    let target = h
+        .schedule_at(h.now() + 3_600_000_000_000, move |_, st| {
+            tx.send(st).unwrap()
+        })
+        .unwrap();
+    on_loop(&h, |_| ());
+    // Hold the loop thread in a task, so nothing leaves the inbox meanwhile.
+    let (hold_tx, hold_rx) = channel::<()>();
+    let (held_tx, held_rx) = channel();
+    h.schedule_now(move |_, _| {
+        held_tx.send(()).unwrap();
+        recv(&hold_rx);
+    })
+    .unwrap();
+    recv(&held_rx);
+    // Fillers until the loop holds 64 tasks (the target and the holding task are two),
+    // then cancels of two fillers: 62 + 2 messages fill the 64-slot inbox.
+    let fillers: Vec<_> = (0..62)
+        .map(|_| h.schedule_now(|_, _| {}).unwrap())
+        .collect();
+    assert!(h.schedule_now(|_, _| {}).is_err(), "the loop is full");
+    h.cancel(&fillers[0]);
+    h.cancel(&fillers[1]);
+    // This cancel cannot be queued.
+    h.cancel(&target);
+    hold_tx.send(()).unwrap();
+    // Canceled in the next ticks, not an hour from now (nor at destroy).
+    assert_eq!(recv(&rx), TaskStatus::Canceled);
+    assert!(el.destroy().is_ok());
+    assert!(rx.try_recv().is_err(), "canceled exactly once");
+}
+
+#[test]
 fn c14_a_full_loop_hands_the_task_back() {
     let mut el = EventLoop::new(EventLoopOptions {
         capacity: 64,
