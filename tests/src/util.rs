@@ -4,12 +4,12 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reseau_linux::sys::{RealSyscalls, Syscalls};
-use reseau_linux::{Errno, EventLoop, EventLoopOptions};
+use reseau_linux::{Errno, EventLoop, EventLoopOptions, LoopHandle};
 use rustix::event::epoll;
 
 /// How long a test waits for something that should happen at once before failing.
@@ -19,6 +19,48 @@ pub const GUARD: Duration = Duration::from_secs(20);
 pub fn recv<T>(rx: &Receiver<T>) -> T {
     rx.recv_timeout(GUARD)
         .expect("timed out waiting for the loop (failure guard)")
+}
+
+/// The loop thread, held inside a task until [`Hold::release`] (or drop): work that
+/// arrives meanwhile (IO readiness, inbox messages, due timers) all waits for the same
+/// later tick.
+#[must_use = "the loop is released when the Hold is dropped"]
+pub struct Hold(Option<Sender<()>>);
+
+impl Hold {
+    /// Lets the holding task return.
+    pub fn release(mut self) {
+        self.send();
+    }
+
+    fn send(&mut self) {
+        if let Some(tx) = self.0.take() {
+            // The task may be gone already (its loop destroyed): nothing to release.
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.send();
+    }
+}
+
+/// Schedules a task that runs `first` on the loop thread and then blocks it; returns once
+/// the loop thread is held.
+pub fn hold_loop(h: &LoopHandle, first: impl FnOnce(&LoopHandle) + Send + 'static) -> Hold {
+    let (release_tx, release_rx) = channel::<()>();
+    let (held_tx, held_rx) = channel();
+    h.schedule_now(move |h, _| {
+        first(h);
+        held_tx.send(()).unwrap();
+        recv(&release_rx);
+    })
+    .map_err(|e| e.kind)
+    .expect("schedule the holding task");
+    recv(&held_rx);
+    Hold(Some(release_tx))
 }
 
 /// Whether this process is the child that [`run_in_child`] started with `marker` set.

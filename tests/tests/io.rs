@@ -9,7 +9,7 @@ use reseau_linux::{
     Errno, Error, EventLoop, EventLoopOptions, Interest, IoControl, LoopHandle, Readiness,
     SubscribeErrorKind, Subscription, UnsubscribeError,
 };
-use reseau_tests::util::{Faults, recv};
+use reseau_tests::util::{Faults, hold_loop, recv};
 use rustix::pipe::{PipeFlags, pipe_with};
 
 fn running() -> EventLoop {
@@ -585,27 +585,21 @@ fn c22_one_tick_dispatches_io_then_drains_the_inbox_then_runs_what_is_due() {
     // A task holds the loop thread while all three kinds of work arrive, so that they are
     // all there for the same tick: a timer due now (in the scheduler, from the loop
     // thread), a pipe made readable (in epoll), and a cross-thread task (in the inbox).
-    let (hold_tx, hold_rx) = channel::<()>();
-    let (held_tx, held_rx) = channel();
     let (done_tx, done_rx) = channel();
     let o = order.clone();
-    h.schedule_now(move |h, _| {
+    let hold = hold_loop(&h, move |h| {
         let now = h.now();
         h.schedule_at(now, move |_, _| {
             o.lock().unwrap().push("due");
             done_tx.send(()).unwrap();
         })
         .unwrap();
-        held_tx.send(()).unwrap();
-        recv(&hold_rx);
-    })
-    .unwrap();
-    recv(&held_rx);
+    });
     write_byte(&w);
     let o = order.clone();
     h.schedule_now(move |_, _| o.lock().unwrap().push("inbox"))
         .unwrap();
-    hold_tx.send(()).unwrap();
+    hold.release();
     recv(&done_rx);
     // Drained after the due timer ran, the inbox task would come last; dispatched after
     // the tasks, the IO callback would.

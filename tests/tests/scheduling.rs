@@ -6,7 +6,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
 use reseau_linux::{EventLoop, EventLoopOptions, LoopHandle, ScheduleErrorKind, TaskStatus, When};
-use reseau_tests::util::recv;
+use reseau_tests::util::{hold_loop, recv};
 
 fn running() -> EventLoop {
     let el = EventLoop::new(EventLoopOptions::default()).unwrap();
@@ -294,14 +294,7 @@ fn c13_a_cross_thread_cancel_is_prompt_even_when_the_inbox_is_full() {
         .unwrap();
     on_loop(&h, |_| ());
     // Hold the loop thread in a task, so nothing leaves the inbox meanwhile.
-    let (hold_tx, hold_rx) = channel::<()>();
-    let (held_tx, held_rx) = channel();
-    h.schedule_now(move |_, _| {
-        held_tx.send(()).unwrap();
-        recv(&hold_rx);
-    })
-    .unwrap();
-    recv(&held_rx);
+    let hold = hold_loop(&h, |_| ());
     // Fillers until the loop holds 64 tasks (the target and the holding task are two),
     // then cancels of two fillers: 62 + 2 messages fill the 64-slot inbox.
     let fillers: Vec<_> = (0..62)
@@ -312,7 +305,7 @@ fn c13_a_cross_thread_cancel_is_prompt_even_when_the_inbox_is_full() {
     h.cancel(&fillers[1]);
     // This cancel cannot be queued.
     h.cancel(&target);
-    hold_tx.send(()).unwrap();
+    hold.release();
     // Canceled in the next ticks, not an hour from now (nor at destroy).
     assert_eq!(recv(&rx), TaskStatus::Canceled);
     assert!(el.destroy().is_ok());
