@@ -20,7 +20,11 @@
 extern crate std;
 
 mod claim;
+pub mod engine;
 mod full;
+pub mod platform;
+mod ring;
+mod small_task;
 pub mod inbox;
 pub mod lifecycle;
 pub mod scheduler;
@@ -28,6 +32,12 @@ pub mod sync;
 mod task;
 
 pub use claim::{Claim, ClaimOutcome};
+pub use engine::{
+    CapacityError, DestroyError, DriveError, Engine, MAX_CAPACITY, Refused, RefusedKind, Slot,
+    StartError, TaskRef, When,
+};
+pub use platform::Platform;
+pub use small_task::{INLINE_BYTES, Runnable, SmallTask};
 pub use full::Full;
 pub use inbox::{Inbox, Wake};
 pub use lifecycle::{Lifecycle, LifecycleError, Operation, ProducerGuard, State, StopOutcome};

@@ -9,8 +9,9 @@
 //!   any of the above ── begin_destroy ──▶ Destroying ── finish_destroy ──▶ Destroyed
 //! ```
 //!
-//! One atomic word holds the state, a *live* bit (a loop thread exists and has not exited)
-//! and the number of producers currently inside a schedule call. Every transition is one
+//! One atomic word holds the state, a *live* bit (a loop thread, or a caller driving the
+//! loop with `turn`, exists and has not exited), an *abandoned* bit (destroy gave up
+//! waiting for that thread, which must tear down on its own at exit) and the number of producers currently inside a schedule call. Every transition is one
 //! compare-and-swap on that word, so racing callers agree on a single order: only one `run`
 //! wins, only one `stop` is told to wake the loop, and `destroy` learns exactly when the
 //! last in-flight producer has left (so it can cancel what that producer queued).
@@ -25,7 +26,9 @@ use crate::sync::{AtomicUsize, Ordering};
 
 const STATE_MASK: usize = 0b111;
 const LIVE: usize = 0b1000;
-const PRODUCER: usize = 0b1_0000;
+/// Destroy gave up waiting for the live loop thread: that thread tears down at its exit.
+const ABANDONED: usize = 0b1_0000;
+const PRODUCER: usize = 0b10_0000;
 
 /// A state of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,6 +180,7 @@ impl fmt::Debug for Lifecycle {
         f.debug_struct("Lifecycle")
             .field("state", &State::from_bits(w))
             .field("live", &(w & LIVE != 0))
+            .field("abandoned", &(w & ABANDONED != 0))
             .field("producers", &(w / PRODUCER))
             .finish()
     }
@@ -201,6 +205,15 @@ impl Drop for ProducerGuard<'_> {
 
 impl Lifecycle {
     /// A loop that has never run.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            word: AtomicUsize::new(State::Ready as usize),
+        }
+    }
+
+    /// A loop that has never run.
+    #[cfg(loom)]
     pub fn new() -> Self {
         Self {
             word: AtomicUsize::new(State::Ready as usize),
@@ -405,6 +418,72 @@ impl Lifecycle {
             _ => Err(Self::err(Operation::Teardown, w)),
         })
         .map(|_| ())
+    }
+
+    /// Whether destroy gave up waiting for the live loop thread (see
+    /// [`abandon`](Self::abandon)).
+    pub fn is_abandoned(&self) -> bool {
+        self.word.load(Ordering::Acquire) & ABANDONED != 0
+    }
+
+    /// For a destroy whose wait for the loop thread timed out: marks the loop *abandoned*
+    /// if — in the same atomic step — the loop thread is still live. Returns `true` when it
+    /// did: the loop thread now owns the teardown and will run it at its exit
+    /// ([`loop_exit`](Self::loop_exit) tells it). Returns `false` when the thread exited
+    /// meanwhile: the caller tears down as usual. Only in `Destroying`.
+    pub fn abandon(&self) -> bool {
+        self.update(|w| match State::from_bits(w) {
+            State::Destroying if w & LIVE != 0 => Ok(w | ABANDONED),
+            _ => Err(()),
+        })
+        .is_ok()
+    }
+
+    /// Destroy requested from the loop thread itself (the loop's owner dropped it inside one
+    /// of its own tasks): → `Destroying` and abandoned in one step, so the loop thread
+    /// stops after the current task and tears down at its exit. Returns `false` (and
+    /// changes nothing) when destroy has already begun or no loop thread is live.
+    pub fn abandon_from_loop_thread(&self) -> bool {
+        self.update(|w| match State::from_bits(w) {
+            State::Destroying | State::Destroyed => Err(()),
+            _ if w & LIVE == 0 => Err(()),
+            _ => Ok(Self::with_state(w, State::Destroying) | ABANDONED),
+        })
+        .is_ok()
+    }
+
+    /// The loop thread's very last step, as [`loop_exited`](Self::loop_exited), telling it
+    /// whether it was abandoned: `true` means destroy gave up waiting for it and this
+    /// thread must now tear the loop down itself (wait for producers, cancel everything,
+    /// release) and then call [`finish_destroy`](Self::finish_destroy).
+    pub fn loop_exit(&self) -> bool {
+        let prev = self
+            .update(|w| -> Result<usize, ()> {
+                let w = w & !LIVE;
+                Ok(match State::from_bits(w) {
+                    State::Running | State::Stopping => Self::with_state(w, State::Stopped),
+                    _ => w,
+                })
+            })
+            .unwrap_or(0);
+        prev & ABANDONED != 0
+    }
+
+    /// The end of a caller-driven turn (or of `run` on the caller's thread): not live any
+    /// more, and `Running`/`Stopping` → `Ready` in one step (a stop requested during the
+    /// turn is consumed by it). In `Destroying` only the live bit goes. Returns whether the
+    /// loop was abandoned (as [`loop_exit`](Self::loop_exit)).
+    pub fn end_turn(&self) -> bool {
+        let prev = self.update(|w| -> Result<usize, ()> {
+            let w = w & !LIVE;
+            Ok(match State::from_bits(w) {
+                State::Running | State::Stopping | State::Stopped => {
+                    Self::with_state(w, State::Ready)
+                }
+                _ => w,
+            })
+        });
+        prev.unwrap_or(0) & ABANDONED != 0
     }
 
     /// Enters a schedule call from any thread; the guard leaves it when dropped. Destroy

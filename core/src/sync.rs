@@ -45,3 +45,28 @@ impl<T> UnsafeCell<T> {
 
 #[cfg(loom)]
 pub use loom::cell::UnsafeCell;
+
+/// A value alone on its cache line (64 bytes on x86_64, aarch64 and most Cortex-M caches'
+/// granule or less), so that a write to it from one core does not invalidate neighbours
+/// another core is reading (crossbeam pads its queue's head and tail the same way).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct CachePadded<T>(pub T);
+
+impl<T> core::ops::Deref for CachePadded<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A busy-wait hint: a CPU spin hint normally; under loom a yield, so a model that spins
+/// on another thread's progress lets loom schedule that thread.
+#[inline(always)]
+pub fn spin_hint() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}

@@ -1,0 +1,1 @@
+//! Engine tests on a simulated platform (no OS): see `sim`.
