@@ -383,6 +383,7 @@ struct Batch(u64);
 /// let slots: [Slot<fn(&(), TaskStatus)>; 8] = [const { Slot::new() }; 8];
 /// let engine = Engine::new(Sim(Cell::new(0)), slots, 1).unwrap();
 /// engine.schedule(hello, When::At(5_000)).unwrap();
+/// engine.turn(&(), None).unwrap(); // drains the inbox into the timer heap
 /// engine.turn(&(), None).unwrap(); // waits 5000 ticks of the simulated clock, runs it
 /// assert_eq!(engine.pending(), 0);
 /// assert_eq!(engine.platform().now(), 5_000);
