@@ -339,6 +339,8 @@ struct Local {
     heap_len: u32,
     zombies: u32,
     next_seq: u64,
+    /// The last tick drained or ran something.
+    busy: bool,
 }
 
 /// Proof that the calling thread is the loop's driver (its thread, a `turn` caller, or the
@@ -482,6 +484,7 @@ where
                 heap_len: 0,
                 zombies: 0,
                 next_seq: 0,
+                busy: false,
             }),
             slots,
             _task: PhantomData,
@@ -800,11 +803,29 @@ where
     /// calloop's `dispatch`): waits at most `max_wait` (platform ticks; `None`: until
     /// something happens), dispatches IO, drains the inbox and runs what is due.
     ///
+    /// Returns how long the caller may block before the next turn is due: `Some(0)` when
+    /// work is already waiting, the time to the next deadline, or `None` when nothing is
+    /// scheduled. Before returning, the turn re-arms the wake protocol, so a task queued
+    /// from another thread afterwards calls [`Platform::wake`] (on Linux: the loop's
+    /// descriptor becomes readable for an outer poller).
+    ///
     /// # Errors
     /// The loop runs on its own thread or another caller's turn, or is destroyed
     /// ([`DriveError::Lifecycle`]); `poll` failed; something outside the tasks panicked.
-    pub fn turn(&self, cx: &P::Cx, max_wait: Option<u64>) -> Result<(), DriveError<P::Error>> {
-        self.drive_here(cx, |d| self.tick(d, cx, max_wait))
+    pub fn turn(
+        &self,
+        cx: &P::Cx,
+        max_wait: Option<u64>,
+    ) -> Result<Option<u64>, DriveError<P::Error>> {
+        self.drive_here(cx, |d| {
+            self.tick(d, cx, max_wait)?;
+            if !self.prepare_park() {
+                return Ok(Some(0));
+            }
+            Ok(self
+                .next_deadline(d)
+                .map(|deadline| deadline.saturating_sub(self.platform.now())))
+        })
     }
 
     /// Runs ticks on the calling thread until [`stop`](Self::stop) (from a task, a
@@ -816,11 +837,11 @@ where
         self.drive_here(cx, |d| self.ticks(d, cx))
     }
 
-    fn drive_here(
+    fn drive_here<R>(
         &self,
         cx: &P::Cx,
-        body: impl FnOnce(Drv) -> Result<(), P::Error>,
-    ) -> Result<(), DriveError<P::Error>> {
+        body: impl FnOnce(Drv) -> Result<R, P::Error>,
+    ) -> Result<R, DriveError<P::Error>> {
         self.lifecycle.begin_run().map_err(DriveError::Lifecycle)?;
         let me = self.platform.current_thread();
         self.driver.store(me, Ordering::Release);
@@ -934,22 +955,28 @@ where
         let mut timeout = self
             .next_deadline(d)
             .map(|deadline| deadline.saturating_sub(self.platform.now()));
-        if timeout != Some(0) && !self.prepare_park() {
+        // After a tick that found work, look again without blocking (and without clearing
+        // `notified`, so producers meanwhile need not wake us): a steady producer keeps the
+        // driver awake, and a burst costs a handful of wakes, not one per catch-up. Only a
+        // tick that found nothing leads to a blocking wait, always after `prepare_park`.
+        if timeout != Some(0) && (self.el(d).busy || !self.prepare_park()) {
             timeout = Some(0);
         }
         if let Some(max) = max_wait {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
         self.platform.poll(cx, timeout)?;
-        self.drain(d, cx);
+        let mut busy = self.drain(d, cx);
         let batch = self.begin(d, self.platform.now());
         while !self.stop_requested() {
             let Some(i) = self.pop_due(d, batch) else {
                 break;
             };
+            busy = true;
             let status = self.claim_run(i);
             self.finish(d, cx, i, status);
         }
+        self.el_update(d, |l| l.busy = busy);
         Ok(())
     }
 
@@ -1326,9 +1353,9 @@ where
     }
 }
 
-fn flatten<E>(result: Option<Result<(), E>>) -> Result<(), DriveError<E>> {
+fn flatten<R, E>(result: Option<Result<R, E>>) -> Result<R, DriveError<E>> {
     match result {
-        Some(Ok(())) => Ok(()),
+        Some(Ok(r)) => Ok(r),
         Some(Err(e)) => Err(DriveError::Platform(e)),
         None => Err(DriveError::Panicked),
     }

@@ -17,15 +17,29 @@ impl Clock {
     /// The current time in nanoseconds.
     pub fn now(&self) -> u64 {
         match self {
-            Clock::Monotonic => {
-                let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-                (t.tv_sec as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(t.tv_nsec as u64)
-            }
+            Clock::Monotonic => mono_now(),
             Clock::Custom(f) => f(),
         }
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, through libc's `clock_gettime`.
+///
+/// Not rustix's: its vDSO lookup parses the auxiliary vector's `AT_SYSINFO_EHDR` image,
+/// which valgrind does not provide as a real ELF image, so every reseau program died with
+/// SIGSEGV at its first clock read under memcheck or callgrind (rustix issue #1559, open).
+/// glibc and musl find the vDSO their own way (and fall back to the syscall).
+pub(crate) fn mono_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec`; CLOCK_MONOTONIC always exists on
+    // Linux, so the call cannot fail (and if it did, `ts` stays zero).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 impl fmt::Debug for Clock {
@@ -42,9 +56,12 @@ impl fmt::Debug for Clock {
 /// busy-spin aws-c-io's floored conversion causes) and clamped below `i32::MAX` ms, so
 /// rustix never switches to `epoll_pwait2`. `None` means no deadline: wait indefinitely.
 pub fn timeout_ms(deadline: Option<u64>, now: u64) -> Option<u32> {
-    let deadline = deadline?;
-    let ns = deadline.saturating_sub(now);
-    let ms = ns.div_ceil(1_000_000);
+    wait_ms(deadline.map(|d| d.saturating_sub(now)))
+}
+
+/// As [`timeout_ms`], for a timeout already in nanoseconds (what the engine asks for).
+pub(crate) fn wait_ms(timeout_ns: Option<u64>) -> Option<u32> {
+    let ms = timeout_ns?.div_ceil(1_000_000);
     Some(ms.min(i32::MAX as u64 - 1) as u32)
 }
 

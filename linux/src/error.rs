@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use reseau_core::LifecycleError;
+pub use reseau_core::When;
+use reseau_core::{LifecycleError, RefusedKind};
 
 use crate::sys::SysError;
 use crate::task::Task;
@@ -27,6 +28,11 @@ pub enum Error {
     /// descriptor was closed: the loop thread keeps them, cancels what remains and closes
     /// them itself when it exits.
     LoopThreadAlive,
+    /// The loop stopped because code outside any task's own guard panicked (a custom
+    /// clock, say); the panic's message. The loop's exit was published as usual.
+    Panicked(String),
+    /// A schedule was refused (see [`ScheduleError`]; the task itself stays there).
+    Schedule(ScheduleErrorKind),
 }
 
 impl fmt::Display for Error {
@@ -40,6 +46,8 @@ impl fmt::Display for Error {
             Error::LoopThreadAlive => f.write_str(
                 "destroy: the loop thread is still alive after the teardown timeout; nothing was closed",
             ),
+            Error::Panicked(msg) => write!(f, "the loop stopped: it panicked outside a task: {msg}"),
+            Error::Schedule(kind) => write!(f, "schedule refused: {kind}"),
         }
     }
 }
@@ -68,20 +76,11 @@ impl From<LifecycleError> for Error {
     }
 }
 
-/// When a task is to run: what [`LoopHandle::schedule_task`] takes, and what a
-/// [`ScheduleError`] records of the refused call.
-///
-/// [`LoopHandle::schedule_task`]: crate::LoopHandle::schedule_task
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
-    /// As soon as possible, as [`LoopHandle::schedule_now`](crate::LoopHandle::schedule_now).
-    Now,
-    /// As soon as possible, always through the inbox, as
-    /// [`LoopHandle::schedule_now_serialized`](crate::LoopHandle::schedule_now_serialized).
-    NowSerialized,
-    /// At a deadline of the loop's clock, as
-    /// [`LoopHandle::schedule_at`](crate::LoopHandle::schedule_at).
-    At(u64),
+impl From<ScheduleError> for Error {
+    /// Keeps why; the refused task is dropped unrun (take `e.task` first to keep it).
+    fn from(e: ScheduleError) -> Self {
+        Error::Schedule(e.kind)
+    }
 }
 
 /// Why a schedule was refused.
@@ -94,6 +93,26 @@ pub enum ScheduleErrorKind {
     },
     /// Destroy has begun (or finished); the lifecycle error names the state.
     Destroyed(LifecycleError),
+}
+
+impl From<RefusedKind> for ScheduleErrorKind {
+    fn from(kind: RefusedKind) -> Self {
+        match kind {
+            RefusedKind::Full { capacity } => ScheduleErrorKind::Full { capacity },
+            RefusedKind::Destroyed(e) => ScheduleErrorKind::Destroyed(e),
+        }
+    }
+}
+
+impl fmt::Display for ScheduleErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleErrorKind::Full { capacity } => {
+                write!(f, "the loop already holds {capacity} pending tasks")
+            }
+            ScheduleErrorKind::Destroyed(e) => e.fmt(f),
+        }
+    }
 }
 
 /// A refused schedule: why, how the task was to run, and the task itself, handed back
@@ -131,15 +150,7 @@ impl fmt::Debug for ScheduleError {
 
 impl fmt::Display for ScheduleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ScheduleErrorKind::Full { capacity } => write!(
-                f,
-                "schedule refused: the loop already holds {capacity} pending tasks; the task is handed back"
-            ),
-            ScheduleErrorKind::Destroyed(e) => {
-                write!(f, "schedule refused ({e}); the task is handed back")
-            }
-        }
+        write!(f, "schedule refused ({}); the task is handed back", self.kind)
     }
 }
 

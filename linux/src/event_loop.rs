@@ -1,61 +1,61 @@
-//! The event loop: one dedicated thread blocked in `epoll_wait`, tasks from any thread.
+//! The event loop: reseau-core's engine over epoll, driven by a dedicated thread
+//! ([`EventLoop::run`]) or by the caller ([`EventLoop::turn`], [`EventLoop::run_here`]).
 //!
 //! # The path of a task
-//! [`LoopHandle::schedule_now`] on another thread reserves one of the loop's `capacity`
-//! task slots, pushes a message into the core [`Inbox`](reseau_core::Inbox) (whose wake
-//! protocol says whether to write the wakeup) and returns a [`TaskHandle`]. The loop thread
-//! ([`Shared::run_loop`]) wakes from `epoll_wait`, drains the inbox into the core
-//! [`Scheduler`](reseau_core::Scheduler), and runs the due batch. One tick:
+//! [`LoopHandle::schedule_now`] on another thread stores the closure inline in a free slot
+//! of the engine and pushes the slot's index into the engine's inbox ring, whose wake
+//! protocol says whether to write the eventfd. The loop's driver wakes from `epoll_wait`
+//! ([`LinuxPlatform::poll`](crate::platform)), drains the inbox into the engine's
+//! scheduler, and runs the due batch. One tick:
 //! 1. IO dispatch (the wakeup, and each subscription's callback);
 //! 2. inbox drain (cross-thread schedules and cancels, in the order they linearized);
 //! 3. the due batch: ASAP tasks, then due timed tasks in `(deadline, submission)` order;
 //!    a task scheduled during the batch waits for the next tick.
 //!
 //! # Lifecycle
-//! The decisions live in the core [`Lifecycle`]; this module does the blocking parts: spawn
-//! the named thread, wait for its exit, cancel what remains at destroy (on the destroying
-//! thread, which takes the loop's identity while it does so), release the descriptors once
-//! the loop thread has exited.
+//! The engine decides (its [`Lifecycle`](reseau_core::Lifecycle) word) and publishes the
+//! driver's exit on every path; this module spawns and joins the named thread and releases
+//! the descriptors once no thread uses them.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use reseau_core::{Lifecycle, Operation, State};
-use rustix::event::epoll;
+use reseau_core::{DestroyError, DriveError, Operation, StartError, State};
 
 use crate::clock::Clock;
 use crate::error::Error;
 pub(crate) use crate::handle::LoopHandle;
-use crate::io::Slab;
-use crate::load::Load;
-use crate::queues;
-use crate::shared::{Exit, Local, Shared, WAKEUP_TOKEN, destroyed_error, lock};
-use crate::stats::{CachePadded, Counters};
-use crate::sys::{self, Backend, RealSyscalls, SysError, Syscalls};
-use crate::thread_id;
+use crate::platform::{LinuxPlatform, lock};
+use crate::shared::{Shared, alloc_slots, destroyed_error, next_loop_id};
+use crate::sys::{self, Backend, RealSyscalls, Syscalls};
 use crate::wakeup::Wakeup;
+
+/// The largest [`EventLoopOptions::capacity`]: 2^24 pending tasks (16,777,216).
+pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// How to build an [`EventLoop`].
 #[derive(Clone)]
 pub struct EventLoopOptions {
     /// The loop thread's name (default `reseau-el`).
     pub thread_name: String,
-    /// How many tasks may be pending at once, scheduled or queued cross-thread (default
-    /// 4096). Rounded up to the next offered size: 64, 256, 1024, 4096, 16384 or 65536.
+    /// How many tasks may be pending at once, scheduled or queued cross-thread: any value
+    /// from 1 to [`MAX_CAPACITY`] (default 4096). The slots are one zeroed allocation made
+    /// by [`EventLoop::new`], about 144 bytes each (see the crate docs); a slot's pages are
+    /// touched only when it is first used. Nothing grows afterwards.
     pub capacity: usize,
     /// Where the loop reads the time (default `CLOCK_MONOTONIC`).
     pub clock: Clock,
     /// The syscall seam (default the kernel); tests inject faults through it.
     pub syscalls: Arc<dyn Syscalls>,
     /// How long destroy waits for the loop thread to exit before giving up and reporting
-    /// [`Error::LoopThreadAlive`] (default: no limit, like a join).
+    /// [`Error::LoopThreadAlive`] (default: no limit, like a join). A duration too long to
+    /// represent (`Duration::MAX`) means no limit.
     pub teardown_timeout: Option<Duration>,
-    /// The `epoll_wait` buffer's initial size (default 16); it doubles each time a wait
-    /// fills it, up to `max_events`.
+    /// The `epoll_wait` buffer's initial size (default 16, at least 1, at most
+    /// `max_events`); it doubles each time a wait fills it, up to `max_events`.
     pub initial_events: usize,
-    /// The largest `epoll_wait` buffer (default 1024).
+    /// The largest `epoll_wait` buffer (default 1024, at most 65,536 events).
     pub max_events: usize,
     /// Pins the loop thread to this CPU with `sched_setaffinity` (default: not pinned).
     pub cpu: Option<usize>,
@@ -97,7 +97,36 @@ impl std::fmt::Debug for EventLoopOptions {
     }
 }
 
-/// An epoll event loop with its own thread. Dropping it destroys it.
+/// The largest [`EventLoopOptions::max_events`].
+const MAX_EVENTS: usize = 1 << 16;
+
+/// An epoll event loop. Dropping it destroys it.
+///
+/// Driven by its own thread ([`run`](Self::run)) or by the caller ([`turn`](Self::turn),
+/// [`run_here`](Self::run_here)) — the same engine and the same tick either way. Its
+/// epoll descriptor is exposed ([`AsFd`]) so the loop can be nested in another poller.
+///
+/// ```
+/// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+/// use std::time::Duration;
+///
+/// let mut el = EventLoop::new(EventLoopOptions::default())?;
+/// // Caller-driven: schedule, then turn the loop on this thread.
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// el.schedule_now(move |h, status| {
+///     assert!(h.is_on_loop_thread());
+///     tx.send(status).unwrap();
+/// })?;
+/// while rx.try_recv().is_err() {
+///     el.turn(Some(Duration::from_millis(10)))?;
+/// }
+/// // Or on its own thread.
+/// el.run()?;
+/// el.stop()?;
+/// el.wait_for_stop_completion()?;
+/// el.destroy()?;
+/// # Ok::<(), reseau_linux::Error>(())
+/// ```
 pub struct EventLoop {
     shared: Option<Arc<Shared>>,
     handle: LoopHandle,
@@ -107,8 +136,9 @@ impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("EventLoop");
         if let Some(s) = &self.shared {
-            d.field("state", &s.lifecycle.state())
-                .field("backend", &s.backend);
+            d.field("id", &s.engine.id())
+                .field("state", &s.engine.state())
+                .field("backend", &s.platform().backend);
         } else {
             d.field("state", &State::Destroyed);
         }
@@ -116,16 +146,48 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
+/// A `Duration` in whole nanoseconds, saturating (`Duration::MAX` is "no limit" in practice).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn drive_error(e: DriveError<Error>) -> Error {
+    match e {
+        DriveError::Lifecycle(e) => Error::InvalidState(e),
+        DriveError::Platform(e) => e,
+        DriveError::Panicked => Error::Panicked("the loop panicked outside a task".into()),
+        DriveError::NotStarted => Error::InvalidState(destroyed_error(Operation::Run)),
+    }
+}
+
 impl EventLoop {
-    /// Creates a loop: its epoll descriptor, its wakeup and its task storage. The loop does
-    /// not run until [`run`](Self::run).
+    /// Creates a loop: its epoll descriptor, its wakeup and its task slots. The loop does
+    /// not run until [`run`](Self::run) (or [`turn`](Self::turn)).
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    ///
+    /// let el = EventLoop::new(EventLoopOptions { capacity: 1 << 20, ..Default::default() })?;
+    /// assert_eq!(el.capacity(), 1 << 20);
+    /// println!("descriptors from {}", el.backend().unwrap());
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// A descriptor could not be created (names the call and errno; nothing is leaked), or
-    /// `capacity` exceeds the largest offered size.
+    /// A descriptor could not be created (names the call and errno; nothing is leaked), the
+    /// slots could not be allocated, or an option is out of range (`capacity` 0 or above
+    /// [`MAX_CAPACITY`], `max_events` above 65,536, a `cpu` beyond the CPU set, a thread
+    /// name with a NUL byte).
     pub fn new(options: EventLoopOptions) -> Result<Self, Error> {
-        let (sched, inbox, capacity) =
-            queues::make(options.capacity).ok_or(Error::InvalidOption("capacity exceeds 65536"))?;
+        if options.capacity == 0 {
+            return Err(Error::InvalidOption("capacity must be at least 1"));
+        }
+        if options.capacity > MAX_CAPACITY {
+            return Err(Error::InvalidOption("capacity exceeds MAX_CAPACITY (2^24)"));
+        }
+        if options.max_events > MAX_EVENTS {
+            return Err(Error::InvalidOption("max_events exceeds 65536"));
+        }
         if options
             .cpu
             .is_some_and(|cpu| cpu >= rustix::thread::CpuSet::MAX_CPU)
@@ -135,6 +197,9 @@ impl EventLoop {
         if options.thread_name.contains('\0') {
             return Err(Error::InvalidOption("thread name contains a NUL byte"));
         }
+        let max_events = options.max_events.max(1);
+        let initial_events = options.initial_events.clamp(1, max_events);
+        let slots = alloc_slots(options.capacity)?;
         let sys = options.syscalls.clone();
         let (epoll, epoll_backend) = sys::create_epoll(&*sys)?;
         let (wakeup_fds, wakeup_backend) = sys::create_wakeup(&*sys)?;
@@ -142,34 +207,22 @@ impl EventLoop {
             epoll: epoll_backend,
             wakeup: wakeup_backend,
         };
-        let shared = Arc::new_cyclic(|weak| Shared {
-            lifecycle: CachePadded(Lifecycle::new()),
-            inbox,
-            local: Mutex::new(Local {
-                sched,
-                wakeup_registered: false,
-            }),
-            subs: Mutex::new(Slab::new()),
-            pending: CachePadded(AtomicUsize::new(0)),
-            stop_hint: CachePadded(AtomicBool::new(false)),
-            late_cancels: Mutex::new(Vec::new()),
-            late_cancel_flag: AtomicBool::new(false),
-            capacity,
+        let id = next_loop_id();
+        let platform = LinuxPlatform::new(
             epoll,
-            wakeup: Wakeup::new(wakeup_fds),
+            Wakeup::new(wakeup_fds),
             backend,
             sys,
-            clock: options.clock.clone(),
-            loop_thread: AtomicU64::new(0),
-            counters: Counters::default(),
-            load: Load::default(),
+            options.clock.clone(),
+            id,
+            initial_events,
+            max_events,
+        );
+        let engine = reseau_core::Engine::new(platform, slots, id)
+            .map_err(|_| Error::InvalidOption("capacity out of range"))?;
+        let shared = Arc::new_cyclic(|weak| Shared {
+            engine,
             thread: Mutex::new(None),
-            exit: Mutex::new(Exit {
-                exited: true,
-                abandoned: false,
-            }),
-            exit_cv: Condvar::new(),
-            loop_error: Mutex::new(None),
             options,
             weak: weak.clone(),
         });
@@ -193,7 +246,7 @@ impl EventLoop {
 
     /// Which calls created the descriptors (the preferred ones, or which fallback).
     pub fn backend(&self) -> Option<Backend> {
-        self.shared.as_ref().map(|s| s.backend)
+        self.shared.as_ref().map(|s| s.platform().backend)
     }
 
     /// The loop's descriptors, named (`epoll`, `eventfd`, `pipe read`, `pipe write`), for
@@ -202,12 +255,13 @@ impl EventLoop {
         let Some(s) = &self.shared else {
             return Vec::new();
         };
-        let mut v = vec![("epoll", s.epoll.as_fd())];
-        let names: &[&'static str] = match s.backend.wakeup {
+        let p = s.platform();
+        let mut v = vec![("epoll", p.epoll.as_fd())];
+        let names: &[&'static str] = match p.backend.wakeup {
             sys::WakeupBackend::EventFd => &["eventfd"],
             _ => &["pipe read", "pipe write"],
         };
-        v.extend(names.iter().copied().zip(s.wakeup.fds()));
+        v.extend(names.iter().copied().zip(p.wakeup.fds()));
         v
     }
 
@@ -215,12 +269,17 @@ impl EventLoop {
     pub fn state(&self) -> State {
         self.shared
             .as_ref()
-            .map_or(State::Destroyed, |s| s.lifecycle.state())
+            .map_or(State::Destroyed, |s| s.engine.state())
     }
 
     /// How many tasks the loop can hold pending.
     pub fn capacity(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.capacity)
+        self.shared.as_ref().map_or(0, |s| s.engine.capacity())
+    }
+
+    /// How many task slots are in use now: pending tasks (a snapshot).
+    pub fn pending(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.engine.pending())
     }
 
     /// Starts the loop thread.
@@ -231,43 +290,64 @@ impl EventLoop {
     /// be spawned. On error the loop stays ready to run.
     pub fn run(&self) -> Result<(), Error> {
         let s = self.shared(Operation::Run)?;
-        s.lifecycle.begin_run()?;
-        {
-            let mut local = lock(&s.local);
-            if !local.wakeup_registered {
-                let flags = epoll::EventFlags::IN | epoll::EventFlags::ET;
-                if let Err(errno) =
-                    s.sys
-                        .epoll_add(s.epoll.as_fd(), s.wakeup.read_fd(), WAKEUP_TOKEN, flags)
-                {
-                    drop(local);
-                    s.lifecycle.run_failed();
-                    return Err(Error::Sys(SysError {
-                        call: "epoll_ctl(ADD wakeup)",
-                        errno,
-                    }));
-                }
-                local.wakeup_registered = true;
+        s.platform().register_wakeup()?;
+        let spawn = || {
+            let mut thread = lock(&s.thread);
+            // The previous run's thread has published its exit (the lifecycle let this run
+            // begin): joining it is quick, and leaves no thread behind.
+            if let Some(old) = thread.take() {
+                let _ = old.join();
             }
-        }
-        let mut thread = lock(&s.thread);
-        lock(&s.exit).exited = false;
-        let runner = s.clone();
-        let mut builder = std::thread::Builder::new().name(s.options.thread_name.clone());
-        if let Some(size) = s.options.stack_size {
-            builder = builder.stack_size(size);
-        }
-        match builder.spawn(move || runner.thread_main()) {
-            Ok(h) => {
-                *thread = Some(h);
-                Ok(())
+            let runner = s.clone();
+            let mut builder = std::thread::Builder::new().name(s.options.thread_name.clone());
+            if let Some(size) = s.options.stack_size {
+                builder = builder.stack_size(size);
             }
-            Err(e) => {
-                lock(&s.exit).exited = true;
-                s.lifecycle.run_failed();
-                Err(Error::Spawn(e))
-            }
-        }
+            *thread = Some(builder.spawn(move || thread_main(runner))?);
+            Ok::<(), std::io::Error>(())
+        };
+        s.engine.start(spawn).map_err(|e| match e {
+            StartError::Lifecycle(e) => Error::InvalidState(e),
+            StartError::Spawn(e) => Error::Spawn(e),
+        })
+    }
+
+    /// Runs one tick on the calling thread: waits at most `timeout` (`None`: until an
+    /// event or a wakeup), dispatches IO, drains the inbox and runs what is due — the same
+    /// tick the loop thread runs. The calling thread is the loop thread meanwhile
+    /// (`is_on_loop_thread()` is true in tasks and callbacks).
+    ///
+    /// Returns how long the caller may wait before the next turn is needed (the next
+    /// deadline; `Some(ZERO)` when work is already waiting; `None` when nothing is
+    /// scheduled): pass it to an outer poller that watches this loop's descriptor
+    /// ([`AsFd`]), which becomes readable whenever a task is queued from another thread or
+    /// a subscribed source is ready.
+    ///
+    /// Tasks must be `Send` in this mode too: a slot may be drained by whichever thread
+    /// drives or destroys the loop, so a `!Send` task could not be made sound.
+    ///
+    /// # Errors
+    /// The loop runs on its own thread, or is destroyed (invalid state); `epoll_wait`
+    /// failed; the clock or the platform panicked.
+    pub fn turn(&self, timeout: Option<Duration>) -> Result<Option<Duration>, Error> {
+        let s = self.shared(Operation::Run)?;
+        s.platform().register_wakeup()?;
+        s.engine
+            .turn(&self.handle, timeout.map(nanos))
+            .map(|next| next.map(Duration::from_nanos))
+            .map_err(drive_error)
+    }
+
+    /// Runs the loop on the calling thread until [`stop`](LoopHandle::stop) is called (by
+    /// a task, a callback, or another thread); the loop is then ready to run again. The
+    /// same tick as [`run`](Self::run)'s thread, without the thread.
+    ///
+    /// # Errors
+    /// As [`turn`](Self::turn).
+    pub fn run_here(&self) -> Result<(), Error> {
+        let s = self.shared(Operation::Run)?;
+        s.platform().register_wakeup()?;
+        s.engine.run_here(&self.handle).map_err(drive_error)
     }
 
     /// See [`LoopHandle::stop`].
@@ -275,7 +355,7 @@ impl EventLoop {
     /// # Errors
     /// Once the loop is destroyed.
     pub fn stop(&self) -> Result<(), Error> {
-        self.shared(Operation::Stop)?.stop()
+        Ok(self.shared(Operation::Stop)?.engine.stop()?)
     }
 
     /// Blocks until the loop thread has exited (after a [`stop`](Self::stop), or on its
@@ -284,26 +364,31 @@ impl EventLoop {
     ///
     /// # Errors
     /// Called from the loop thread (it would wait for itself: invalid state, never a
-    /// deadlock); the loop is destroyed; or the loop stopped because `epoll_wait` failed
-    /// (that error, reported once).
+    /// deadlock); the loop is destroyed; or the loop stopped on its own (`epoll_wait`
+    /// failed, or something outside a task panicked: that error, reported once).
     pub fn wait_for_stop_completion(&self) -> Result<(), Error> {
         let s = self.shared(Operation::Wait)?;
-        s.lifecycle.begin_wait(s.on_loop_thread())?;
-        s.wait_exit(None);
-        s.join();
-        s.lifecycle.finish_wait();
-        match lock(&s.loop_error).take() {
+        s.engine.wait()?;
+        {
+            let mut thread = lock(&s.thread);
+            if !s.engine.lifecycle().is_live()
+                && let Some(h) = thread.take()
+            {
+                let _ = h.join();
+            }
+        }
+        match lock(&s.platform().loop_error).take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     /// Destroys the loop: stop + wait, then every task still scheduled or queued runs
-    /// exactly once with [`TaskStatus::Canceled`](crate::TaskStatus::Canceled), synchronously, on this thread (which is
-    /// the loop's thread for the duration: `is_on_loop_thread()` is true); tasks those tasks
-    /// schedule are canceled too. Then every remaining subscription is deregistered and its
-    /// source dropped, and the loop's descriptors close. Schedules racing destroy are
-    /// refused with the task handed back.
+    /// exactly once with [`TaskStatus::Canceled`](crate::TaskStatus::Canceled),
+    /// synchronously, on this thread (which is the loop's thread for the duration:
+    /// `is_on_loop_thread()` is true); tasks those tasks schedule are canceled too. Then
+    /// every remaining subscription is deregistered and its source dropped, and the loop's
+    /// descriptors close. Schedules racing destroy are refused with the task handed back.
     ///
     /// # Errors
     /// Called from the loop thread (invalid state; nothing happens); already destroyed; or
@@ -312,29 +397,55 @@ impl EventLoop {
     /// itself when its current task returns).
     pub fn destroy(&mut self) -> Result<(), Error> {
         let s = self.shared(Operation::Destroy)?.clone();
-        let from = s.lifecycle.begin_destroy(s.on_loop_thread())?;
-        s.stop_hint.store(true, Ordering::Release);
-        if matches!(from, State::Running | State::Stopping) {
-            s.wake();
+        let timeout = s.options.teardown_timeout.map(nanos);
+        match s.engine.destroy(&self.handle, timeout) {
+            Ok(()) => {}
+            Err(DestroyError::Abandoned) => {
+                self.shared = None;
+                return Err(Error::LoopThreadAlive);
+            }
+            Err(DestroyError::Lifecycle(e)) => return Err(Error::InvalidState(e)),
         }
-        let deadline = s.options.teardown_timeout.map(|t| Instant::now() + t);
-        if !s.wait_exit(deadline) {
-            self.shared = None;
-            return Err(Error::LoopThreadAlive);
+        let thread = lock(&s.thread).take();
+        if let Some(h) = thread {
+            let _ = h.join();
         }
-        s.join();
-        while s.lifecycle.producers() > 0 {
-            std::thread::yield_now();
-        }
-        s.loop_thread.store(thread_id::current(), Ordering::Release);
-        s.cancel_and_release_everything(&self.handle);
-        s.loop_thread.store(0, Ordering::Release);
-        let result = s.lifecycle.finish_destroy();
-        // Our references are the last strong ones (handles are weak): the descriptors close
-        // here, after the loop thread has exited.
+        // Ours are the last strong references (handles are weak, the thread is joined):
+        // the descriptors close here.
         self.shared = None;
         drop(s);
-        result.map_err(Error::from)
+        Ok(())
+    }
+}
+
+/// The loop thread: pins itself if asked, then drives the engine until it stops. The
+/// engine publishes the exit whatever happens (a poll error or a panic is kept for
+/// `wait_for_stop_completion` by the platform, before the exit is published).
+fn thread_main(shared: Arc<Shared>) {
+    if let Some(cpu) = shared.options.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            log::warn!("reseau: pinning the loop thread to CPU {cpu} failed: {e}");
+        }
+    }
+    log::debug!("reseau: loop thread started");
+    let handle = shared.handle();
+    let _ = shared.engine.drive(&handle);
+}
+
+impl AsFd for EventLoop {
+    /// The loop's epoll descriptor: readable when a subscribed source is ready or a task
+    /// was queued from another thread. Register it in another poller to nest the loop, and
+    /// call [`turn`](EventLoop::turn) when it fires.
+    ///
+    /// # Panics
+    /// After [`destroy`](EventLoop::destroy) (there is no descriptor any more).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.shared {
+            Some(s) => s.platform().epoll.as_fd(),
+            None => panic!("EventLoop::as_fd after destroy: the loop has no descriptor"),
+        }
     }
 }
 
@@ -349,15 +460,14 @@ impl std::ops::Deref for EventLoop {
 impl Drop for EventLoop {
     fn drop(&mut self) {
         let Some(s) = &self.shared else { return };
-        if s.on_loop_thread() {
+        if s.engine.is_driver() {
             // Dropped by one of its own tasks: it cannot wait for itself. Orphan it: the
             // loop stops after this task and tears itself down at exit.
-            log::error!(
-                "reseau: EventLoop dropped on its own thread; it will tear down after this task"
-            );
-            let _ = s.lifecycle.begin_destroy(false);
-            s.stop_hint.store(true, Ordering::Release);
-            lock(&s.exit).abandoned = true;
+            if s.engine.abandon_from_loop_thread() {
+                log::error!(
+                    "reseau: EventLoop dropped on its own thread; it will tear down after this task"
+                );
+            }
             return;
         }
         if let Err(e) = self.destroy() {

@@ -164,7 +164,7 @@ impl EventLoopGroup {
                 loops: Some(loops),
                 shutdown_thread: None,
             }),
-            rng: AtomicU64::new(mix(crate::load::mono_now())),
+            rng: AtomicU64::new(mix(crate::clock::mono_now())),
         })
     }
 

@@ -12,23 +12,46 @@ use crate::io::{
     Entry, Found, Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
-use crate::shared::{Shared, destroyed_error, lock};
+use crate::platform::lock;
+use crate::shared::{Shared, destroyed_error};
 use crate::stats::Stats;
 use crate::sys::SysError;
-use crate::task::{self, Job, Task, TaskHandle};
+use crate::task::{self, Payload, Task, TaskHandle};
 
 /// A cheap, cloneable, `Send + Sync` handle that schedules on a loop from any thread.
 ///
 /// It does not keep the loop alive: once the loop is destroyed every call returns an
 /// error (schedules hand the task back).
+///
+/// ```
+/// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+///
+/// let mut el = EventLoop::new(EventLoopOptions::default())?;
+/// el.run()?;
+/// let handle = el.handle(); // Clone + Send + Sync
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// std::thread::spawn(move || {
+///     handle.schedule_now(move |h, status| {
+///         assert!(h.is_on_loop_thread());
+///         tx.send(status).unwrap();
+///     })
+/// })
+/// .join()
+/// .unwrap()?;
+/// assert_eq!(rx.recv().unwrap(), TaskStatus::RunReady);
+/// el.destroy()?;
+/// # Ok::<(), reseau_linux::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct LoopHandle {
     pub(crate) shared: Weak<Shared>,
+    pub(crate) id: u64,
 }
 
 impl std::fmt::Debug for LoopHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoopHandle")
+            .field("loop", &self.id)
             .field("alive", &(self.shared.strong_count() > 0))
             .finish()
     }
@@ -39,16 +62,22 @@ impl LoopHandle {
         self.shared.upgrade()
     }
 
-    /// Whether the calling thread is the loop's thread (or the thread destroying it, while
-    /// it cancels the remaining tasks).
+    /// The loop's identity: what its [`TaskHandle`]s and [`Subscription`]s carry.
+    pub fn loop_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the calling thread drives the loop: its own thread, a caller inside
+    /// [`EventLoop::turn`](crate::EventLoop::turn), or the thread destroying it while it
+    /// cancels the remaining tasks.
     pub fn is_on_loop_thread(&self) -> bool {
-        self.upgrade().is_some_and(|s| s.on_loop_thread())
+        self.upgrade().is_some_and(|s| s.engine.is_driver())
     }
 
     /// The loop clock's current time in nanoseconds (the scale of deadlines).
     pub fn now(&self) -> u64 {
         match self.upgrade() {
-            Some(s) => s.clock.now(),
+            Some(s) => s.platform().clock.now(),
             None => Clock::Monotonic.now(),
         }
     }
@@ -56,7 +85,7 @@ impl LoopHandle {
     /// A snapshot of the loop's counters (all zero once the loop is gone).
     pub fn stats(&self) -> Stats {
         self.upgrade()
-            .map(|s| s.counters.snapshot())
+            .map(|s| s.platform().counters.snapshot())
             .unwrap_or_default()
     }
 
@@ -64,7 +93,7 @@ impl LoopHandle {
     /// `epoll_wait`) in the last ~1 s window; 0 for an idle or destroyed loop. Groups
     /// balance on it.
     pub fn load_factor(&self) -> u64 {
-        self.upgrade().map_or(0, |s| s.load.factor())
+        self.upgrade().map_or(0, |s| s.platform().load.factor())
     }
 
     /// Schedules `f` to run on the loop thread as soon as possible.
@@ -81,7 +110,7 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), When::Now)
+        self.schedule(task::payload(f), When::Now)
     }
 
     /// Like [`schedule_now`](Self::schedule_now), but always through the inbox, even from the
@@ -93,7 +122,7 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), When::NowSerialized)
+        self.schedule(task::payload(f), When::NowSerialized)
     }
 
     /// Schedules `f` to run on the loop thread at `deadline` (nanoseconds of the loop's
@@ -106,7 +135,7 @@ impl LoopHandle {
     where
         F: FnOnce(&LoopHandle, TaskStatus) + Send + 'static,
     {
-        self.schedule(task::job(f), When::At(deadline))
+        self.schedule(task::payload(f), When::At(deadline))
     }
 
     /// Schedules a task handed back by a refused schedule (see [`ScheduleError`]) again,
@@ -120,25 +149,33 @@ impl LoopHandle {
         self.schedule(task.0, when)
     }
 
-    fn schedule(&self, job: Job, when: When) -> Result<TaskHandle, ScheduleError> {
+    fn schedule(&self, payload: Payload, when: When) -> Result<TaskHandle, ScheduleError> {
         let Some(shared) = self.upgrade() else {
             return Err(ScheduleError {
                 kind: ScheduleErrorKind::Destroyed(destroyed_error(Operation::Schedule)),
                 when,
-                task: Task(job),
+                task: Task(payload),
             });
         };
-        shared.schedule(job, when)
+        shared
+            .engine
+            .schedule(payload, when)
+            .map(TaskHandle)
+            .map_err(|r| ScheduleError {
+                kind: r.kind.into(),
+                when: r.when,
+                task: Task(r.task),
+            })
     }
 
     /// Cancels a task: it runs exactly once with [`TaskStatus::Canceled`] — at once when
-    /// called on the loop thread, on the loop thread in its next tick otherwise (also when
-    /// the loop's inbox is full: the cancel then waits in a side list, the only place the
-    /// scheduling paths allocate) — unless it has already run (or been canceled), in which
-    /// case this is a no-op.
-    pub fn cancel(&self, task: &TaskHandle) {
-        if let Some(shared) = self.upgrade() {
-            shared.cancel(&self.clone(), &task.0);
+    /// called on the loop thread, on the loop thread in its next tick otherwise (or at
+    /// destroy) — and this returns `true`. Returns `false`, a no-op, when the task has
+    /// already run or been canceled, or the handle is of another loop.
+    pub fn cancel(&self, task: &TaskHandle) -> bool {
+        match self.upgrade() {
+            Some(shared) => shared.engine.cancel(self, task.0),
+            None => false,
         }
     }
 
@@ -182,10 +219,10 @@ impl LoopHandle {
             let e = destroyed_error(Operation::Subscribe);
             return refuse(SubscribeErrorKind::Destroyed(e), source);
         };
-        let _guard = if shared.on_loop_thread() {
+        let _guard = if shared.engine.is_driver() {
             None
         } else {
-            match shared.lifecycle.enter_producer() {
+            match shared.engine.lifecycle().enter_producer() {
                 Ok(g) => Some(g),
                 Err(e) => {
                     let e = reseau_core::LifecycleError {
@@ -198,13 +235,14 @@ impl LoopHandle {
         };
         // Insert first, then register, under the lock: the loop cannot see an event for
         // this token before the entry exists.
-        let mut subs = lock(&shared.subs);
+        let platform = shared.platform();
+        let mut subs = lock(&platform.subs);
         let sub = subs.insert(Box::new(Entry { source, callback }));
         let Found::Active(entry) = subs.find(sub) else {
             unreachable!("just inserted")
         };
-        let added = shared.sys.epoll_add(
-            shared.epoll.as_fd(),
+        let added = platform.sys.epoll_add(
+            platform.epoll.as_fd(),
             entry.fd(),
             sub.token(),
             interest.epoll_flags(),
@@ -245,13 +283,14 @@ impl LoopHandle {
         let shared = self
             .upgrade()
             .ok_or(Error::InvalidState(destroyed_error(Operation::Unsubscribe)))?;
-        let on_loop = shared.on_loop_thread();
-        if !on_loop && shared.lifecycle.is_live() {
+        let on_loop = shared.engine.is_driver();
+        if !on_loop && shared.engine.lifecycle().is_live() {
             return Err(Error::Unsubscribe(
                 UnsubscribeError::OffLoopThreadWhileRunning,
             ));
         }
-        let mut subs = lock(&shared.subs);
+        let platform = shared.platform();
+        let mut subs = lock(&platform.subs);
         match subs.find(sub) {
             Found::Missing => return Err(Error::Unsubscribe(UnsubscribeError::NotSubscribed)),
             // Off the loop thread, a callback in flight means a `run` raced this call.
@@ -268,7 +307,7 @@ impl LoopHandle {
         }
         let entry = subs.remove(sub).expect("found active above");
         drop(subs);
-        shared.deregister(&*entry);
+        platform.deregister(&*entry);
         Ok(*entry
             .into_source()
             .downcast::<S>()
@@ -277,7 +316,7 @@ impl LoopHandle {
 
     /// How many subscriptions are live on the loop.
     pub fn subscriptions(&self) -> usize {
-        self.upgrade().map_or(0, |s| lock(&s.subs).len())
+        self.upgrade().map_or(0, |s| lock(&s.platform().subs).len())
     }
 
     /// Asks the loop to stop; idempotent, from any thread. From the loop thread it takes
@@ -291,6 +330,6 @@ impl LoopHandle {
         let shared = self
             .upgrade()
             .ok_or(Error::InvalidState(destroyed_error(Operation::Stop)))?;
-        shared.stop()
+        Ok(shared.engine.stop()?)
     }
 }

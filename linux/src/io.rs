@@ -180,24 +180,34 @@ pub enum IoControl {
     Unsubscribe,
 }
 
-/// A handle on a subscription, for `unsubscribe`. Stale handles are refused, never
-/// confused with a newer subscription.
+/// A handle on a subscription, for `unsubscribe`: the loop's identity, a slab index and
+/// the slot's generation. Plain data; a stale handle, or one of another loop, is refused
+/// (`NotSubscribed`), never confused with another subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Subscription {
+    loop_id: u64,
     index: u32,
     generation: u32,
 }
 
 impl Subscription {
+    /// The epoll data of the registration (index and generation; the loop is implied).
     pub(crate) fn token(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
 
-    pub(crate) fn from_token(token: u64) -> Self {
+    /// The subscription an event's token names on the loop `loop_id`.
+    pub(crate) fn from_token(loop_id: u64, token: u64) -> Self {
         Self {
+            loop_id,
             index: token as u32,
             generation: (token >> 32) as u32,
         }
+    }
+
+    /// The identity of the loop this subscription belongs to.
+    pub fn loop_id(self) -> u64 {
+        self.loop_id
     }
 }
 
@@ -332,6 +342,7 @@ struct Slot {
 
 /// The subscriptions of one loop, indexed by [`Subscription`].
 pub(crate) struct Slab {
+    loop_id: u64,
     slots: Vec<Slot>,
     free: u32,
     len: usize,
@@ -345,8 +356,9 @@ pub(crate) enum Found<'a> {
 }
 
 impl Slab {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(loop_id: u64) -> Self {
         Self {
+            loop_id,
             slots: Vec::new(),
             free: NIL,
             len: 0,
@@ -369,6 +381,7 @@ impl Slab {
             self.free = next;
             slot.state = SlotState::Active(entry);
             return Subscription {
+                loop_id: self.loop_id,
                 index,
                 generation: slot.generation,
             };
@@ -380,12 +393,16 @@ impl Slab {
             state: SlotState::Active(entry),
         });
         Subscription {
+            loop_id: self.loop_id,
             index,
             generation: 0,
         }
     }
 
     fn slot(&self, sub: Subscription) -> Option<&Slot> {
+        if sub.loop_id != self.loop_id {
+            return None;
+        }
         self.slots
             .get(sub.index as usize)
             .filter(|s| s.generation == sub.generation)
@@ -401,6 +418,9 @@ impl Slab {
 
     /// Removes a live, idle subscription and returns its entry.
     pub(crate) fn remove(&mut self, sub: Subscription) -> Option<Box<dyn Source>> {
+        if sub.loop_id != self.loop_id {
+            return None;
+        }
         let slot = self
             .slots
             .get_mut(sub.index as usize)
@@ -458,6 +478,7 @@ impl Slab {
             .enumerate()
             .filter(|(_, s)| matches!(s.state, SlotState::Active(_)))
             .map(|(i, s)| Subscription {
+                loop_id: self.loop_id,
                 index: i as u32,
                 generation: s.generation,
             })

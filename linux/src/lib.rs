@@ -31,7 +31,7 @@ mod group;
 mod handle;
 mod io;
 mod load;
-mod queues;
+mod platform;
 mod shared;
 mod stats;
 pub mod sys;
@@ -41,16 +41,16 @@ mod wakeup;
 
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind, When};
-pub use event_loop::{EventLoop, EventLoopOptions};
+pub use event_loop::{EventLoop, EventLoopOptions, MAX_CAPACITY};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
-pub use queues::CAPACITIES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
+pub use reseau_core::INLINE_BYTES;

@@ -10,6 +10,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::clock::mono_now;
+
 const SEC: u64 = 1_000_000_000;
 
 /// Busy-time accounting for one loop.
@@ -24,15 +26,20 @@ pub(crate) struct Load {
     busy_since: AtomicU64,
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds (busy time is real time, whatever the loop's clock).
-pub(crate) fn mono_now() -> u64 {
-    crate::clock::Clock::Monotonic.now()
-}
 
 impl Load {
     /// Marks the start of a tick (monotonic nanoseconds).
     pub(crate) fn tick_start(&self, start: u64) {
         self.busy_since.store(start.max(1), Ordering::Relaxed);
+    }
+
+    /// Ends the tick in progress, if any, at `end` (monotonic nanoseconds): the loop is
+    /// about to wait again.
+    pub(crate) fn tick_end(&self, end: u64) {
+        let start = self.busy_since.load(Ordering::Relaxed);
+        if start != 0 {
+            self.tick(start, end);
+        }
     }
 
     /// Records a tick that was busy from `start` to `end` (monotonic nanoseconds).

@@ -1,0 +1,315 @@
+//! The Linux platform under reseau-core's engine: epoll, the wakeup, IO dispatch, the
+//! clock, panic guards and the blocking waits of `wait` and `destroy`.
+//!
+//! Everything here is a syscall, a thread primitive or a guard around user code; every
+//! decision (what runs when, which lifecycle transition is legal) is the engine's.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use reseau_core::{Platform, TaskStatus};
+use rustix::event::epoll;
+use rustix::io::Errno;
+
+use crate::clock::{Clock, mono_now, wait_ms};
+use crate::error::Error;
+use crate::handle::LoopHandle;
+use crate::io::{IoControl, Readiness, Slab, Source, Subscription};
+use crate::load::Load;
+use crate::stats::Counters;
+use crate::sys::{Backend, SysError, Syscalls};
+use crate::thread_id;
+use crate::wakeup::Wakeup;
+
+/// The epoll data of the wakeup descriptor; IO subscriptions use slab tokens below it.
+pub(crate) const WAKEUP_TOKEN: u64 = u64::MAX;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // User code never runs while one of these locks is held, but a poisoned lock must not
+    // turn into a second panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The text of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a non-string panic payload)"
+    }
+}
+
+/// The `epoll_wait` buffer.
+#[derive(Default)]
+struct Events(Vec<epoll::Event>);
+
+// SAFETY: an `epoll::Event`'s data is a union that may hold a pointer, which makes it
+// `!Send`; reseau only ever stores and reads plain `u64` tokens in it, never a pointer.
+unsafe impl Send for Events {}
+
+/// The Linux platform of one loop.
+pub(crate) struct LinuxPlatform {
+    pub(crate) epoll: OwnedFd,
+    pub(crate) wakeup: Wakeup,
+    pub(crate) backend: Backend,
+    pub(crate) sys: std::sync::Arc<dyn Syscalls>,
+    pub(crate) clock: Clock,
+    pub(crate) subs: Mutex<Slab>,
+    pub(crate) wakeup_registered: Mutex<bool>,
+    /// The `epoll_wait` buffer (the driver's alone; a mutex only to keep this type `Sync`).
+    events: Mutex<Events>,
+    max_events: usize,
+    pub(crate) counters: Counters,
+    pub(crate) load: Load,
+    /// The error that stopped the loop on its own (an `epoll_wait` failure, a panic outside
+    /// the tasks), kept for `wait_for_stop_completion`. Stored before the exit is published.
+    pub(crate) loop_error: Mutex<Option<Error>>,
+    exit: Mutex<()>,
+    exit_cv: Condvar,
+}
+
+impl LinuxPlatform {
+    pub(crate) fn new(
+        epoll: OwnedFd,
+        wakeup: Wakeup,
+        backend: Backend,
+        sys: std::sync::Arc<dyn Syscalls>,
+        clock: Clock,
+        loop_id: u64,
+        initial_events: usize,
+        max_events: usize,
+    ) -> Self {
+        Self {
+            epoll,
+            wakeup,
+            backend,
+            sys,
+            clock,
+            subs: Mutex::new(Slab::new(loop_id)),
+            wakeup_registered: Mutex::new(false),
+            events: Mutex::new(Events(Vec::with_capacity(initial_events))),
+            max_events,
+            counters: Counters::default(),
+            load: Load::default(),
+            loop_error: Mutex::new(None),
+            exit: Mutex::new(()),
+            exit_cv: Condvar::new(),
+        }
+    }
+
+    /// Registers the wakeup with epoll, once per loop.
+    pub(crate) fn register_wakeup(&self) -> Result<(), Error> {
+        let mut registered = lock(&self.wakeup_registered);
+        if *registered {
+            return Ok(());
+        }
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        self.sys
+            .epoll_add(
+                self.epoll.as_fd(),
+                self.wakeup.read_fd(),
+                WAKEUP_TOKEN,
+                flags,
+            )
+            .map_err(|errno| {
+                Error::Sys(SysError {
+                    call: "epoll_ctl(ADD wakeup)",
+                    errno,
+                })
+            })?;
+        *registered = true;
+        Ok(())
+    }
+
+    /// Runs user code under the panic guard, counting and logging a panic with its message.
+    pub(crate) fn guard<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                Counters::bump(&self.counters.panics_caught, 1);
+                log::error!(
+                    "reseau: {what} panicked: {}; the loop goes on",
+                    panic_message(&*payload)
+                );
+                None
+            }
+        }
+    }
+
+    /// `EPOLL_CTL_DEL` for a source about to leave; `ENOENT`/`EBADF` mean it is gone already.
+    pub(crate) fn deregister(&self, entry: &dyn Source) {
+        let result = self.guard("a source's as_fd", || {
+            self.sys.epoll_del(self.epoll.as_fd(), entry.fd())
+        });
+        match result {
+            Some(Ok(()) | Err(Errno::NOENT) | Err(Errno::BADF)) | None => {}
+            Some(Err(errno)) => log::warn!(
+                "reseau: epoll_ctl(DEL) failed with {errno}; dropping the subscription anyway"
+            ),
+        }
+    }
+
+    /// Runs the callback of the subscription behind `token`, if it is still live.
+    fn dispatch_io(&self, cx: &LoopHandle, token: u64, readiness: Readiness) {
+        let sub = Subscription::from_token(cx.loop_id(), token);
+        let entry = lock(&self.subs).take_for_callback(sub);
+        // Gone (unsubscribed earlier in this batch, or a stale registration): drop the event.
+        let Some(mut entry) = entry else { return };
+        let control = self
+            .guard("an IO callback", || entry.dispatch(cx, readiness))
+            .unwrap_or(IoControl::Keep);
+        match control {
+            IoControl::Keep => lock(&self.subs).put_back(sub, entry),
+            IoControl::Unsubscribe => {
+                self.deregister(&*entry);
+                lock(&self.subs).release_in_callback(sub);
+                self.guard("dropping a subscription", || drop(entry));
+            }
+        }
+    }
+}
+
+impl Platform for LinuxPlatform {
+    type Cx = LoopHandle;
+    type Error = Error;
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn wake(&self) {
+        if let Err(errno) = self.wakeup.wake() {
+            log::error!("reseau: writing the wakeup failed: {errno}");
+        }
+        Counters::bump(&self.counters.producers.wakeups_written, 1);
+    }
+
+    fn wake_coalesced(&self) {
+        Counters::bump(&self.counters.producers.wakeups_coalesced, 1);
+    }
+
+    fn poll(&self, cx: &LoopHandle, timeout: Option<u64>) -> Result<(), Error> {
+        let idle_from = mono_now();
+        self.load.tick_end(idle_from);
+        let mut events = std::mem::take(&mut lock(&self.events).0);
+        events.clear();
+        Counters::bump(&self.counters.epoll_waits, 1);
+        let result = self
+            .sys
+            .epoll_wait(self.epoll.as_fd(), &mut events, wait_ms(timeout));
+        self.load.tick_start(mono_now());
+        let outcome = match result {
+            Ok(_) => {
+                Counters::bump(&self.counters.events_dispatched, events.len() as u64);
+                for event in &events {
+                    let token = event.data.u64();
+                    if token == WAKEUP_TOKEN {
+                        self.wakeup.drain();
+                    } else {
+                        self.dispatch_io(cx, token, Readiness::from_epoll(event.flags));
+                    }
+                }
+                if events.len() == events.capacity() && events.capacity() < self.max_events {
+                    let grow = events.capacity().min(self.max_events - events.capacity());
+                    events.reserve_exact(grow.max(1));
+                }
+                Ok(())
+            }
+            // Interrupted by a signal: the engine recomputes the timeout and waits again.
+            Err(Errno::INTR) => Ok(()),
+            Err(errno) => {
+                log::error!("reseau: epoll_wait failed with {errno}; the loop stops");
+                let e = SysError {
+                    call: "epoll_wait",
+                    errno,
+                };
+                *lock(&self.loop_error) = Some(Error::Sys(e));
+                Err(Error::Sys(e))
+            }
+        };
+        lock(&self.events).0 = events;
+        outcome
+    }
+
+    fn run_task(&self, status: TaskStatus, f: impl FnOnce()) -> bool {
+        match status {
+            TaskStatus::RunReady => Counters::bump(&self.counters.tasks_run, 1),
+            TaskStatus::Canceled => Counters::bump(&self.counters.tasks_canceled, 1),
+        }
+        let what = match status {
+            TaskStatus::RunReady => "a task",
+            TaskStatus::Canceled => "a canceled task",
+        };
+        self.guard(what, f).is_some()
+    }
+
+    fn catch<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                Counters::bump(&self.counters.panics_caught, 1);
+                let msg = panic_message(&*payload).to_owned();
+                log::error!("reseau: the loop panicked outside a task: {msg}; it stops");
+                *lock(&self.loop_error) = Some(Error::Panicked(msg));
+                None
+            }
+        }
+    }
+
+    fn current_thread(&self) -> usize {
+        thread_id::current() as usize
+    }
+
+    fn block_until(&self, done: &dyn Fn() -> bool, timeout: Option<u64>) -> bool {
+        // A timeout too large for an `Instant` is no limit at all.
+        let deadline = timeout.and_then(|ns| Instant::now().checked_add(Duration::from_nanos(ns)));
+        let mut guard = lock(&self.exit);
+        loop {
+            if done() {
+                return true;
+            }
+            match deadline {
+                None => {
+                    guard = self
+                        .exit_cv
+                        .wait(guard)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return done();
+                    }
+                    guard = self
+                        .exit_cv
+                        .wait_timeout(guard, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn notify(&self) {
+        let _guard = lock(&self.exit);
+        self.exit_cv.notify_all();
+    }
+
+    fn pause(&self) {
+        std::thread::yield_now();
+    }
+
+    fn release_sources(&self, _cx: &LoopHandle) -> usize {
+        let entries = lock(&self.subs).drain();
+        let released = entries.len();
+        for entry in entries {
+            self.deregister(&*entry);
+            self.guard("dropping a subscription", || drop(entry));
+        }
+        released
+    }
+}
