@@ -5,7 +5,7 @@
 //! An engine owns one array of [`Slot`]s, handed in by the caller (`S: AsRef<[Slot<T>]>`:
 //! an owned `[Slot<T>; N]` on bare metal, a `Box<[Slot<T>]>` sized at run time on std, a
 //! `&'static [Slot<T>]`). Its length is the capacity: how many tasks may be pending at
-//! once. A slot holds one task inline (the payload `T`, e.g. a [`SmallTask`]), its
+//! once. A slot holds one task inline (the payload `T`, e.g. a [`SmallTask`](crate::SmallTask)), its
 //! deadline, its links in the scheduler, and one cell of each of the engine's two rings.
 //! Nothing else is allocated, ever; a slot array is valid when zeroed, and slots never
 //! used are never touched.
@@ -589,9 +589,12 @@ where
         match drv {
             Some(d) if when != When::NowSerialized => self.insert(d, i),
             _ => {
-                let pushed = self
-                    .inbox
-                    .push(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell, i);
+                let pushed = self.inbox.push(
+                    self.cap,
+                    self.one_lap,
+                    |k| &self.slot(k as u32).inbox_cell,
+                    i,
+                );
                 debug_assert!(pushed.is_ok(), "the inbox holds every slot");
                 if drv.is_none() {
                     self.after_push();
@@ -818,7 +821,7 @@ where
         max_wait: Option<u64>,
     ) -> Result<Option<u64>, DriveError<P::Error>> {
         self.drive_here(cx, |d| {
-            self.tick(d, cx, max_wait)?;
+            self.tick(d, cx, max_wait, false)?;
             if !self.prepare_park() {
                 return Ok(Some(0));
             }
@@ -857,7 +860,7 @@ where
 
     fn ticks(&self, d: Drv, cx: &P::Cx) -> Result<(), P::Error> {
         while self.lifecycle.should_run() {
-            self.tick(d, cx, None)?;
+            self.tick(d, cx, None, true)?;
         }
         Ok(())
     }
@@ -951,15 +954,16 @@ where
             && self.cancels.load(Ordering::Acquire) == NIL
     }
 
-    fn tick(&self, d: Drv, cx: &P::Cx, max_wait: Option<u64>) -> Result<(), P::Error> {
+    /// One tick. `eager` (a loop that keeps ticking, not a single `turn`): after a tick
+    /// that found work, look again without blocking (and without clearing `notified`, so
+    /// producers meanwhile need not wake us): a steady producer keeps the driver awake,
+    /// and a burst costs a handful of wakes, not one per catch-up. Only a tick that found
+    /// nothing leads to a blocking wait, always after `prepare_park`.
+    fn tick(&self, d: Drv, cx: &P::Cx, max_wait: Option<u64>, eager: bool) -> Result<(), P::Error> {
         let mut timeout = self
             .next_deadline(d)
             .map(|deadline| deadline.saturating_sub(self.platform.now()));
-        // After a tick that found work, look again without blocking (and without clearing
-        // `notified`, so producers meanwhile need not wake us): a steady producer keeps the
-        // driver awake, and a burst costs a handful of wakes, not one per catch-up. Only a
-        // tick that found nothing leads to a blocking wait, always after `prepare_park`.
-        if timeout != Some(0) && (self.el(d).busy || !self.prepare_park()) {
+        if timeout != Some(0) && ((eager && self.el(d).busy) || !self.prepare_park()) {
             timeout = Some(0);
         }
         if let Some(max) = max_wait {
@@ -1100,9 +1104,12 @@ where
         slot.state
             .store(((generation + 1) & GEN_MASK) << 2, Ordering::Release);
         self.set_loc(d, i, AWAY);
-        let pushed = self
-            .free
-            .push(self.cap, self.one_lap, |k| &self.slot(k as u32).free_cell, i);
+        let pushed = self.free.push(
+            self.cap,
+            self.one_lap,
+            |k| &self.slot(k as u32).free_cell,
+            i,
+        );
         debug_assert!(pushed.is_ok(), "the free ring holds every slot");
     }
 

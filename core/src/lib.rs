@@ -22,12 +22,12 @@ extern crate std;
 mod claim;
 pub mod engine;
 mod full;
-pub mod platform;
-mod ring;
-mod small_task;
 pub mod inbox;
 pub mod lifecycle;
+pub mod platform;
+mod ring;
 pub mod scheduler;
+mod small_task;
 pub mod sync;
 mod task;
 
@@ -36,10 +36,10 @@ pub use engine::{
     CapacityError, DestroyError, DriveError, Engine, MAX_CAPACITY, Refused, RefusedKind, Slot,
     StartError, TaskRef, When,
 };
-pub use platform::Platform;
-pub use small_task::{INLINE_BYTES, Runnable, SmallTask};
 pub use full::Full;
 pub use inbox::{Inbox, Wake};
 pub use lifecycle::{Lifecycle, LifecycleError, Operation, ProducerGuard, State, StopOutcome};
+pub use platform::Platform;
 pub use scheduler::{Batch, Scheduler};
+pub use small_task::{INLINE_BYTES, Runnable, SmallTask};
 pub use task::{TaskId, TaskStatus};

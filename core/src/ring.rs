@@ -185,7 +185,11 @@ impl Ring {
 
     /// Whether the value at the head is published (the next `pop` returns it). For the
     /// ring's only consumer.
-    pub(crate) fn head_ready<'a>(&self, one_lap: usize, cell: impl Fn(usize) -> &'a RingCell) -> bool {
+    pub(crate) fn head_ready<'a>(
+        &self,
+        one_lap: usize,
+        cell: impl Fn(usize) -> &'a RingCell,
+    ) -> bool {
         let head = self.head.load(Ordering::Relaxed);
         let index = head & (one_lap - 1);
         cell(index).load_stamp(index) == head.wrapping_add(1)
@@ -195,7 +199,11 @@ impl Ring {
     pub(crate) fn len(&self, cap: usize, one_lap: usize) -> usize {
         let tail = self.tail.load(Ordering::Acquire);
         let head = self.head.load(Ordering::Acquire);
-        let pos = |p: usize| (p / one_lap).wrapping_mul(cap).wrapping_add(p & (one_lap - 1));
+        let pos = |p: usize| {
+            (p / one_lap)
+                .wrapping_mul(cap)
+                .wrapping_add(p & (one_lap - 1))
+        };
         pos(tail).wrapping_sub(pos(head)).min(cap)
     }
 }

@@ -150,7 +150,11 @@ impl fmt::Debug for ScheduleError {
 
 impl fmt::Display for ScheduleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "schedule refused ({}); the task is handed back", self.kind)
+        write!(
+            f,
+            "schedule refused ({}); the task is handed back",
+            self.kind
+        )
     }
 }
 

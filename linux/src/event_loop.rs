@@ -197,8 +197,6 @@ impl EventLoop {
         if options.thread_name.contains('\0') {
             return Err(Error::InvalidOption("thread name contains a NUL byte"));
         }
-        let max_events = options.max_events.max(1);
-        let initial_events = options.initial_events.clamp(1, max_events);
         let slots = alloc_slots(options.capacity)?;
         let sys = options.syscalls.clone();
         let (epoll, epoll_backend) = sys::create_epoll(&*sys)?;
@@ -208,16 +206,7 @@ impl EventLoop {
             wakeup: wakeup_backend,
         };
         let id = next_loop_id();
-        let platform = LinuxPlatform::new(
-            epoll,
-            Wakeup::new(wakeup_fds),
-            backend,
-            sys,
-            options.clock.clone(),
-            id,
-            initial_events,
-            max_events,
-        );
+        let platform = LinuxPlatform::new(epoll, Wakeup::new(wakeup_fds), backend, id, &options);
         let engine = reseau_core::Engine::new(platform, slots, id)
             .map_err(|_| Error::InvalidOption("capacity out of range"))?;
         let shared = Arc::new_cyclic(|weak| Shared {

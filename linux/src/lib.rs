@@ -48,9 +48,9 @@ pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
+pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
-pub use reseau_core::INLINE_BYTES;

@@ -26,7 +26,6 @@ pub(crate) struct Load {
     busy_since: AtomicU64,
 }
 
-
 impl Load {
     /// Marks the start of a tick (monotonic nanoseconds).
     pub(crate) fn tick_start(&self, start: u64) {

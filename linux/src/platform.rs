@@ -15,6 +15,7 @@ use rustix::io::Errno;
 
 use crate::clock::{Clock, mono_now, wait_ms};
 use crate::error::Error;
+use crate::event_loop::EventLoopOptions;
 use crate::handle::LoopHandle;
 use crate::io::{IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
@@ -73,22 +74,23 @@ pub(crate) struct LinuxPlatform {
 }
 
 impl LinuxPlatform {
+    /// The platform of the loop `loop_id`, over its descriptors; the clock, the syscall
+    /// seam and the event buffer's sizes come from `options` (checked by the caller).
     pub(crate) fn new(
         epoll: OwnedFd,
         wakeup: Wakeup,
         backend: Backend,
-        sys: std::sync::Arc<dyn Syscalls>,
-        clock: Clock,
         loop_id: u64,
-        initial_events: usize,
-        max_events: usize,
+        options: &EventLoopOptions,
     ) -> Self {
+        let max_events = options.max_events.max(1);
+        let initial_events = options.initial_events.clamp(1, max_events);
         Self {
             epoll,
             wakeup,
             backend,
-            sys,
-            clock,
+            sys: options.syscalls.clone(),
+            clock: options.clock.clone(),
             subs: Mutex::new(Slab::new(loop_id)),
             wakeup_registered: Mutex::new(false),
             events: Mutex::new(Events(Vec::with_capacity(initial_events))),
@@ -273,12 +275,7 @@ impl Platform for LinuxPlatform {
                 return true;
             }
             match deadline {
-                None => {
-                    guard = self
-                        .exit_cv
-                        .wait(guard)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
+                None => guard = self.exit_cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

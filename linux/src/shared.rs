@@ -62,7 +62,10 @@ pub(crate) fn next_loop_id() -> u64 {
 pub(crate) fn alloc_slots(capacity: usize) -> Result<Box<[Slot<Payload>]>, Error> {
     let layout = Layout::array::<Slot<Payload>>(capacity)
         .map_err(|_| Error::InvalidOption("capacity too large for the address space"))?;
-    debug_assert!(layout.size() > 0, "capacity ≥ 1 and a slot is not zero-sized");
+    debug_assert!(
+        layout.size() > 0,
+        "capacity ≥ 1 and a slot is not zero-sized"
+    );
     // SAFETY: the layout has a nonzero size (checked by the caller: capacity ≥ 1).
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Slot<Payload>>();
     if ptr.is_null() {

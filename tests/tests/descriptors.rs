@@ -404,10 +404,7 @@ fn c29_running_and_stopping_many_times_or_never_leaks_no_thread_and_no_descripto
         assert_eq!(threads_named("reseau-c29"), 1);
         el.stop().unwrap();
         el.wait_for_stop_completion().unwrap();
-        assert!(
-            thread_gone("reseau-c29"),
-            "a stopped loop left its thread"
-        );
+        assert!(thread_gone("reseau-c29"), "a stopped loop left its thread");
     }
     el.run().unwrap();
     el.destroy().unwrap();

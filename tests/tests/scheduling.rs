@@ -302,7 +302,11 @@ fn c13_a_cross_thread_cancel_is_prompt_even_when_the_inbox_is_full() {
     while let Ok(f) = h.schedule_now(|_, _| {}) {
         fillers.push(f);
     }
-    assert!(fillers.len() >= 62, "the loop took {} fillers", fillers.len());
+    assert!(
+        fillers.len() >= 62,
+        "the loop took {} fillers",
+        fillers.len()
+    );
     assert!(h.schedule_now(|_, _| {}).is_err(), "the loop is full");
     assert!(h.cancel(&fillers[0]));
     assert!(h.cancel(&fillers[1]));

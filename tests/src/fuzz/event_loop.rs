@@ -123,10 +123,7 @@ fn task(
                 let t = task(&s, child, None, None, None);
                 match h.schedule_now(t) {
                     Ok(handle) => {
-                        s.created
-                            .lock()
-                            .unwrap()
-                            .push((child, Some(handle.clone())));
+                        s.created.lock().unwrap().push((child, Some(handle)));
                         if k == 0 && cancel_first {
                             s.must_be_canceled.lock().unwrap().push(child);
                             h.cancel(&handle);
@@ -184,7 +181,7 @@ fn act(s: &Arc<Shared>, h: &LoopHandle, op: Op, t: u8) {
         Op::Cancel(_, i) => {
             let n = created_len();
             if n > 0 {
-                let handle = s.created.lock().unwrap()[usize::from(i) % n].1.clone();
+                let handle = s.created.lock().unwrap()[usize::from(i) % n].1;
                 if let Some(handle) = handle {
                     h.cancel(&handle);
                 }
@@ -318,7 +315,7 @@ fn run_script(ops: &[Op]) {
                     if n == 0 {
                         return;
                     }
-                    let (id, handle) = s2.created.lock().unwrap()[usize::from(i) % n].clone();
+                    let (id, handle) = s2.created.lock().unwrap()[usize::from(i) % n];
                     let already = s2.log.lock().unwrap().runs.contains_key(&id);
                     if let Some(handle) = handle {
                         h.cancel(&handle);
