@@ -23,7 +23,7 @@
 //!   `--cfg loom` model-checks every one of them.
 //!
 //! # Memory
-//! An engine's memory is its slot array plus about 700 bytes of padded counters; nothing
+//! An engine's memory is its slot array plus under 1 KiB of cache-padded atomics; nothing
 //! else, ever. `size_of::<Slot<T>>()` is 80 bytes plus the payload `T` rounded to 8:
 //!
 //! | payload `T` | bytes per slot | 4,096 slots | 1,048,576 slots |

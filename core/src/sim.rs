@@ -288,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn sim_the_slots_may_live_in_a_heapless_vec() {
+        let mut slots = heapless::Vec::<Slot<Task>, 4>::new();
+        while slots.push(Slot::new()).is_ok() {}
+        let e = Engine::new(Sim::new(on_ready), slots, 3).unwrap();
+        LOG.with(|l| l.borrow_mut().clear());
+        e.schedule(timer, When::Now).unwrap();
+        e.turn(&(), Some(0)).unwrap();
+        assert_eq!(log(), [("timer", 0)]);
+        assert_eq!(e.capacity(), 4);
+    }
+
+    #[test]
     fn sim_a_full_script_hands_the_event_back() {
         let sim = SimPlatform::<(), 1>::new(|_, _| {});
         sim.script(Scripted::Interrupt).unwrap();
