@@ -54,3 +54,8 @@ pub use rustix::io::Errno;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
+
+/// The README's Rust snippets, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
