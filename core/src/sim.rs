@@ -250,7 +250,9 @@ mod tests {
     #[test]
     fn sim_moves_the_clock_to_the_next_scripted_event_then_the_deadline() {
         let e = engine();
-        e.platform().script(Scripted::Ready { at: 300, token: 5 }).unwrap();
+        e.platform()
+            .script(Scripted::Ready { at: 300, token: 5 })
+            .unwrap();
         e.schedule(timer, When::At(1_000)).unwrap();
         e.turn(&(), None).unwrap();
         e.turn(&(), None).unwrap();
@@ -270,7 +272,10 @@ mod tests {
         e.platform().script(Scripted::Fail).unwrap();
         e.turn(&(), None).unwrap();
         assert_eq!(e.platform().now(), 0, "an interrupted wait takes no time");
-        assert!(matches!(e.turn(&(), None), Err(DriveError::Platform(SimError::Failed))));
+        assert!(matches!(
+            e.turn(&(), None),
+            Err(DriveError::Platform(SimError::Failed))
+        ));
         e.turn(&(), None).unwrap();
         assert_eq!(log(), [("timer", 0)]);
         assert_eq!(e.pending(), 0);

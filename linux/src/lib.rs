@@ -1,6 +1,7 @@
-//! reseau-linux: the Linux shim of reseau — an epoll event loop with a dedicated thread.
+//! reseau-linux: the Linux platform under reseau-core's engine — an epoll event loop
+//! driven by a dedicated thread or by the caller.
 //!
-//! ```no_run
+//! ```
 //! use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
 //!
 //! let mut el = EventLoop::new(EventLoopOptions::default())?;
@@ -9,20 +10,27 @@
 //! el.schedule_now(move |handle, status| {
 //!     assert!(handle.is_on_loop_thread());
 //!     tx.send(status).unwrap();
-//! })
-//! .map_err(|e| e.kind)
-//! .unwrap();
+//! })?;
 //! assert_eq!(rx.recv().unwrap(), TaskStatus::RunReady);
 //! el.destroy()?;
 //! # Ok::<(), reseau_linux::Error>(())
 //! ```
 //!
-//! - [`EventLoop`] / [`LoopHandle`]: run, stop, wait, destroy; schedule now, at a deadline
-//!   or serialized; cancel. Storage is reseau-core's fixed-capacity scheduler and inbox.
+//! - [`EventLoop`] / [`LoopHandle`]: run on a thread of its own, or [`turn`] /
+//!   [`run_here`] on the caller's; stop, wait, destroy; schedule now, at a deadline or
+//!   serialized; cancel. The loop is reseau-core's [`Engine`](reseau_core::Engine): tasks
+//!   live inline in a slot array allocated once (capacity chosen at run time, up to
+//!   [`MAX_CAPACITY`]), so scheduling a closure of up to [`INLINE_BYTES`] bytes allocates
+//!   nothing. Memory: 144 bytes per pending task, plus the epoll event buffer (12 bytes per
+//!   event, 16 growing to `max_events`).
 //! - IO: [`LoopHandle::subscribe`] registers an owned, non-blocking source for
 //!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).
+//! - [`EventLoopGroup`]: N loops on named threads, balanced by the power of two choices.
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
+//!
+//! [`turn`]: EventLoop::turn
+//! [`run_here`]: EventLoop::run_here
 
 mod clock;
 mod error;
