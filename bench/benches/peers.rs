@@ -11,7 +11,7 @@
 //!
 //! Benchmarks: `round_trip` (one job to the loop and a reply back: wakeup latency) and
 //! `burst_10k` (10,000 jobs from one thread, timed until the last has run: throughput).
-//! Run with `cargo bench -p reseau-tests --bench peers`.
+//! Run with `cd bench && cargo bench --bench peers`.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;

@@ -2,7 +2,7 @@
 //! caller), from one producer and from four (serialized), until every task has run.
 //!
 //! Written against the API that both the engine and the shim before it (9fc6ebc) offer, so
-//! the same file measures either. Run with `cargo bench -p reseau-tests --bench xthread`.
+//! the same file measures either. Run with `cd bench && cargo bench --bench xthread`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
