@@ -174,6 +174,27 @@ impl<T> fmt::Debug for Refused<T> {
     }
 }
 
+/// Deliberately broken variants of the engine's protocols, compiled only for loom builds:
+/// the canaries proving that the loom models catch each kind of defect (see
+/// `loom-tests/README.md`). Never use them.
+#[cfg(loom)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// The engine as shipped.
+    None,
+    /// Wake: `prepare_park` looks for work *before* clearing `notified` (a lost wakeup).
+    ParkCheckThenClear,
+    /// Cancel: the claim is a load and a store instead of one CAS (a task run twice, or
+    /// canceled after it ran).
+    CancelWithoutCas,
+    /// Destroy: the teardown does not wait for producers still inside a schedule call (an
+    /// accepted task lost).
+    TeardownSkipsProducers,
+    /// Lifecycle: a failed spawn does not wake the waiters (a waiter sleeps forever).
+    SpawnFailureWithoutNotify,
+}
+
 /// Why [`Engine::new`] refused a slot array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapacityError {
@@ -410,6 +431,8 @@ where
     inbox: Ring,
     local: UnsafeCell<Local>,
     slots: S,
+    #[cfg(loom)]
+    canary: Canary,
     _task: PhantomData<fn(T) -> T>,
 }
 
@@ -487,9 +510,25 @@ where
                 busy: false,
             }),
             slots,
+            #[cfg(loom)]
+            canary: Canary::None,
             _task: PhantomData,
         })
     }
+
+    /// Breaks one protocol on purpose (loom builds only); see [`Canary`].
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn with_canary(mut self, canary: Canary) -> Self {
+        self.canary = canary;
+        self
+    }
+
+    #[cfg(loom)]
+    fn canary(&self, c: Canary) -> bool {
+        self.canary == c
+    }
+
 
     /// The id this engine's [`TaskRef`]s carry.
     pub fn id(&self) -> u64 {
@@ -658,16 +697,7 @@ where
                 )
                 .is_ok();
         };
-        if slot
-            .state
-            .compare_exchange(
-                pending,
-                r.generation << 2 | CANCELED_STACKED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
+        if !self.claim_cancel_stacked(slot, pending, r.generation) {
             return false;
         }
         // The claim is ours: push the slot on the cancel stack so the driver takes it out
@@ -687,6 +717,22 @@ where
         }
         self.after_push();
         true
+    }
+
+    /// The cross-thread cancel's claim: pending → canceled (stacked), one CAS.
+    fn claim_cancel_stacked(&self, slot: &Slot<T>, pending: u32, generation: u32) -> bool {
+        let canceled = generation << 2 | CANCELED_STACKED;
+        #[cfg(loom)]
+        if self.canary(Canary::CancelWithoutCas) {
+            if slot.state.load(Ordering::Acquire) != pending {
+                return false;
+            }
+            slot.state.store(canceled, Ordering::Release);
+            return true;
+        }
+        slot.state
+            .compare_exchange(pending, canceled, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn after_push(&self) {
@@ -767,6 +813,10 @@ where
             Ok(()) => Ok(()),
             Err(e) => {
                 self.lifecycle.run_failed();
+                #[cfg(loom)]
+                if self.canary(Canary::SpawnFailureWithoutNotify) {
+                    return Err(StartError::Spawn(e));
+                }
                 self.platform.notify();
                 Err(StartError::Spawn(e))
             }
@@ -928,7 +978,11 @@ where
     fn teardown(&self, d: Drv, cx: &P::Cx) {
         // A producer inside a schedule call may still push: wait for it, so what it queued
         // is canceled rather than lost.
-        while self.lifecycle.producers() > 0 {
+        #[cfg(loom)]
+        let skip = self.canary(Canary::TeardownSkipsProducers);
+        #[cfg(not(loom))]
+        let skip = false;
+        while !skip && self.lifecycle.producers() > 0 {
             self.platform.pause();
         }
         loop {
@@ -947,6 +1001,15 @@ where
     }
 
     fn prepare_park(&self) -> bool {
+        #[cfg(loom)]
+        if self.canary(Canary::ParkCheckThenClear) {
+            let idle = !self
+                .inbox
+                .head_ready(self.one_lap, |k| &self.slot(k as u32).inbox_cell)
+                && self.cancels.load(Ordering::Acquire) == NIL;
+            self.notified.store(0, Ordering::Release);
+            return idle;
+        }
         self.notified.swap(0, Ordering::AcqRel);
         !self
             .inbox

@@ -73,6 +73,9 @@ pub use engine::{
 pub use full::Full;
 pub use inbox::{Inbox, Wake};
 pub use lifecycle::{Lifecycle, LifecycleError, Operation, ProducerGuard, State, StopOutcome};
+#[cfg(loom)]
+#[doc(hidden)]
+pub use engine::Canary;
 pub use platform::Platform;
 pub use scheduler::{Batch, Scheduler};
 pub use small_task::{INLINE_BYTES, Runnable, SmallTask};
