@@ -3,9 +3,9 @@
 #
 #   fuzz/run.sh TARGET SECONDS
 #
-# TARGET is a file name in fuzz/fuzz_targets/ (scheduler, inbox, lifecycle); its corpus is
-# fuzz/corpus/TARGET/ (new inputs are added there, then `cargo fuzz cmin` minimizes it on
-# edge coverage).
+# TARGET is a file name in fuzz/fuzz_targets/ (scheduler, inbox, lifecycle, event_loop,
+# engine); its corpus is fuzz/corpus/TARGET/ (new inputs are added there, then
+# `cargo fuzz cmin` minimizes it on edge coverage).
 # A crash stops the script with the input in fuzz/artifacts/TARGET/: fix the bug, then copy
 # the input into fuzz/corpus/TARGET/ as regress-<what> (cmin keeps those) so the stable
 # replay (tests/tests/fuzz_replay.rs) keeps it as a regression test.

@@ -529,7 +529,6 @@ where
         self.canary == c
     }
 
-
     /// The id this engine's [`TaskRef`]s carry.
     pub fn id(&self) -> u64 {
         self.id
@@ -669,6 +668,12 @@ where
             }
             // Bring the inbox in first, so a task still queued there is found.
             self.drain(d, cx);
+            if slot.state.load(Ordering::Acquire) >> 2 != r.generation {
+                // The drain met the task in the inbox, ran it canceled and freed its slot —
+                // which a task it ran may already have reused: leave that one alone (found
+                // by the `engine` fuzz target).
+                return true;
+            }
             match self.sl(d, r.slot).loc {
                 READY => {
                     self.ready_unlink(d, r.slot);

@@ -119,10 +119,15 @@ fn fuzz_replay_event_loop() {
     replay("event_loop");
 }
 
+#[test]
+fn fuzz_replay_engine() {
+    replay("engine");
+}
+
 /// Every target in the registry has a replay test above and a corpus directory.
 #[test]
 fn fuzz_replay_covers_every_target() {
-    let tested = ["scheduler", "inbox", "lifecycle", "event_loop"];
+    let tested = ["scheduler", "inbox", "lifecycle", "event_loop", "engine"];
     for (name, _) in fuzz::TARGETS {
         assert!(
             tested.contains(name),

@@ -15,11 +15,15 @@
 //!   under the shim's protocol (a loop thread that may fail to start).
 //! - [`event_loop`]: a real [`reseau_linux::EventLoop`] driven by a script from three
 //!   threads: every task runs exactly once, in order, never early; nothing leaks.
+//! - [`engine`]: the real [`reseau_core::Engine`] on the deterministic simulated platform
+//!   (virtual clock, scripted readiness, interrupted and failing waits, panicking tasks),
+//!   single-threaded, against a reference model of its documented semantics.
 //!
 //! To add a target: a module here with the same `run` signature, a one-line file in
 //! `fuzz/fuzz_targets/` plus a `[[bin]]` in `fuzz/Cargo.toml`, a seed directory in
 //! `fuzz/corpus/`, and an entry in [`TARGETS`] (the replay test reads it).
 
+pub mod engine;
 pub mod event_loop;
 pub mod inbox;
 pub mod lifecycle;
@@ -34,4 +38,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("inbox", inbox::run),
     ("lifecycle", lifecycle::run),
     ("event_loop", event_loop::run),
+    ("engine", engine::run),
 ];
