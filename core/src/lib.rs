@@ -66,6 +66,9 @@ pub mod sync;
 mod task;
 
 pub use claim::{Claim, ClaimOutcome};
+#[cfg(loom)]
+#[doc(hidden)]
+pub use engine::Canary;
 pub use engine::{
     CapacityError, DestroyError, DriveError, Engine, MAX_CAPACITY, Refused, RefusedKind, Slot,
     StartError, TaskRef, When,
@@ -73,9 +76,6 @@ pub use engine::{
 pub use full::Full;
 pub use inbox::{Inbox, Wake};
 pub use lifecycle::{Lifecycle, LifecycleError, Operation, ProducerGuard, State, StopOutcome};
-#[cfg(loom)]
-#[doc(hidden)]
-pub use engine::Canary;
 pub use platform::Platform;
 pub use scheduler::{Batch, Scheduler};
 pub use small_task::{INLINE_BYTES, Runnable, SmallTask};

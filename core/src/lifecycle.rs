@@ -276,21 +276,6 @@ impl Lifecycle {
         .map(|_| ())
     }
 
-    /// **Deliberately broken** `begin_run` (a load then a store instead of one CAS),
-    /// compiled only for loom builds: the canary proving the lifecycle model can catch two
-    /// loop threads at once. Never use it.
-    #[cfg(loom)]
-    #[doc(hidden)]
-    pub fn canary_begin_run_without_cas(&self) -> Result<(), LifecycleError> {
-        let w = self.word.load(Ordering::Acquire);
-        if State::from_bits(w) != State::Ready {
-            return Err(Self::err(Operation::Run, w));
-        }
-        self.word
-            .fetch_or(State::Running as usize | LIVE, Ordering::AcqRel);
-        Ok(())
-    }
-
     /// Undoes [`begin_run`](Self::begin_run) when the loop thread could not be started:
     /// not live any more, and back to Ready — also when a `stop` raced the failed start
     /// (Stopping: nothing is left to stop). When a `destroy` raced it (Destroying), the

@@ -6,24 +6,30 @@
 //! core loom's atomics and cells, so loom explores every interleaving of the core's own
 //! atomic operations, not of a copy of them.
 //!
-//! - `tests/inbox.rs`: the inbox's wake protocol (no lost wakeup, no lost or duplicated
-//!   item, per-producer order, coalesced signals), serialized FIFO, a full inbox under
-//!   contention, and the canary `Inbox::canary_prepare_park_check_then_clear`.
-//! - `tests/lifecycle.rs`: racing run / stop / stop / wait / destroy with the loop thread's
-//!   own transitions, and the canary `Lifecycle::canary_begin_run_without_cas`.
-//! - `tests/claim.rs`: a cross-thread cancel against the loop running the task.
-//! - `tests/destroy.rs`: destroy against a late schedule, with a model canary that skips
-//!   the wait for in-flight producers.
+//! - `tests/engine.rs`: the shipped `reseau_core::Engine` itself, driven through the loom
+//!   [`platform`]: the wake protocol with 2 and 3 producers, serialized FIFO, a full engine
+//!   handing tasks back, run / stop / wait / destroy racing, a failed start racing a
+//!   waiter, wait racing run, cancel against run (exactly once), stale and foreign handles
+//!   with slot reuse, destroy against an in-flight producer on the normal and the abandoned
+//!   path, and a task scheduled by a task canceled during destroy; with one canary per
+//!   protocol (wake, cancel, destroy, lifecycle: `reseau_core::Canary`).
+//! - `tests/inbox.rs`: the `Inbox` building block's wake protocol (no lost wakeup, no lost
+//!   or duplicated item, per-producer order, coalesced signals), serialized FIFO, a full
+//!   inbox under contention, and the canary `Inbox::canary_prepare_park_check_then_clear`.
+//! - `tests/claim.rs`: the `Claim` building block, a cross-thread cancel against the run.
 //!
 //! Run them (about 3 minutes on 2 cores) with
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target-loom \
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target-loom \
 //!     cargo test -p reseau-loom-tests --release
 //! ```
 //!
 //! `loom-tests/README.md` says what each model covers, assumes and leaves out. This library
-//! holds only what the models share: the `harness` module (under `cfg(loom)`).
+//! holds only what the models share: the `harness` and `platform` modules (under
+//! `cfg(loom)`).
 
 #[cfg(loom)]
 pub mod harness;
+#[cfg(loom)]
+pub mod platform;

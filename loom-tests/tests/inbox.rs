@@ -185,23 +185,6 @@ fn wake_protocol_two_producers_yielding_consumer() {
     .assert_covered(&WAKE_SITUATIONS);
 }
 
-#[test]
-fn wake_protocol_three_producers() {
-    check("wake_protocol_three_producers (3x1 items)", || {
-        wake_protocol(3, 1, Park::Correct, Drain::Eager)
-    })
-    .assert_covered(&WAKE_SITUATIONS);
-}
-
-#[test]
-fn wake_protocol_three_producers_yielding_consumer() {
-    check(
-        "wake_protocol_three_producers_yielding_consumer (3x1 items)",
-        || wake_protocol(3, 1, Park::Correct, Drain::AfterYield),
-    )
-    .assert_covered(&WAKE_SITUATIONS);
-}
-
 /// Canary: with `prepare_park` checking for work before clearing the flag, a push that
 /// lands between the two steps is coalesced (the flag was still set) and the consumer
 /// parks with that item queued and no signal coming: loom reports the deadlock.
