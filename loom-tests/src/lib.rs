@@ -7,7 +7,7 @@
 //! atomic operations, not of a copy of them.
 //!
 //! - `tests/engine.rs`: the shipped `reseau_core::Engine` itself, driven through the loom
-//!   [`platform`]: the wake protocol with 2 and 3 producers, serialized FIFO, a full engine
+//!   `platform` module: the wake protocol with 2 producers, serialized FIFO, a full engine
 //!   handing tasks back, run / stop / wait / destroy racing, a failed start racing a
 //!   waiter, wait racing run, cancel against run (exactly once), stale and foreign handles
 //!   with slot reuse, destroy against an in-flight producer on the normal and the abandoned
