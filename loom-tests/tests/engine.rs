@@ -109,23 +109,30 @@ fn turn_until(e: &Eng, done: impl Fn() -> bool) {
 // ---- wake protocol ----
 
 fn wake_protocol(producers: usize, canary: Canary) {
-    // Not dropped while unwinding from a deadlock (see `failed_start_against_waiter`).
-    let e = std::mem::ManuallyDrop::new(engine(producers, 1, canary));
-    let done = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..producers)
-        .map(|_| {
-            let task = stopping(&e, &done, producers, |status| {
-                assert_eq!(status, TaskStatus::RunReady)
-            });
-            let e = Arc::clone(&e);
-            thread::spawn(move || {
-                e.schedule(task, When::Now).unwrap();
+    // Nothing of loom's is dropped while unwinding from a deadlock: a loom `Arc` or handle
+    // dropped then finds no active thread and aborts the test binary instead of failing the
+    // model (see `failed_start_against_waiter`). A normal execution drops it all at the end.
+    let state = std::mem::ManuallyDrop::new({
+        let e = engine(producers, 1, canary);
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..producers)
+            .map(|_| {
+                let task = stopping(&e, &done, producers, |status| {
+                    assert_eq!(status, TaskStatus::RunReady)
+                });
+                let e = Arc::clone(&e);
+                thread::spawn(move || {
+                    e.schedule(task, When::Now).unwrap();
+                })
             })
-        })
-        .collect();
+            .collect();
+        (e, done, threads)
+    });
+    let (e, done, _) = &*state;
     // The driver sleeps in `poll` whenever it finds nothing: a wake the protocol loses
     // leaves it asleep with every producer done, which loom reports as a deadlock.
     e.run_here(&()).unwrap();
+    let (e, done, threads) = std::mem::ManuallyDrop::into_inner(state);
     for t in threads {
         t.join().unwrap();
     }
@@ -138,7 +145,6 @@ fn wake_protocol(producers: usize, canary: Canary) {
         cover("a producer woke the driver");
     }
     assert_eq!(e.pending(), 0);
-    drop(std::mem::ManuallyDrop::into_inner(e));
 }
 
 #[test]
