@@ -247,3 +247,12 @@ pub fn all_closed(faults: &Faults) -> bool {
         .iter()
         .all(|&fd| rustix::io::fcntl_getfd(unsafe_borrow(fd)).is_err())
 }
+
+/// How many of this process's threads are named `name` (`/proc/self/task/*/comm`).
+pub fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}

@@ -13,7 +13,7 @@ use reseau_linux::{
 };
 use reseau_tests::util::{
     Faults, all_closed, is_child, is_cloexec, is_nonblocking, loop_fds, open_fds, recv,
-    run_in_child,
+    run_in_child, threads_named,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -356,15 +356,6 @@ fn c03_ten_thousand_create_destroy_cycles_leave_the_fd_count_unchanged() {
         drop(el);
     }
     assert_eq!(open_fds(), before);
-}
-
-/// How many of this process's threads are named `name`.
-fn threads_named(name: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == name)
-        .count()
 }
 
 /// Whether no thread named `name` is left, once the kernel has reaped the joined ones.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reseau_linux::{Error, EventLoop, EventLoopOptions, Interest, IoControl, State, TaskStatus};
-use reseau_tests::util::{GUARD, recv};
+use reseau_tests::util::{GUARD, recv, threads_named};
 use rustix::event::epoll;
 
 fn fresh() -> EventLoop {
@@ -19,14 +19,6 @@ fn fresh() -> EventLoop {
         ..EventLoopOptions::default()
     })
     .unwrap()
-}
-
-fn threads_named(name: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == name)
-        .count()
 }
 
 /// Turns `el` until `done()` holds, failing after the guard.
