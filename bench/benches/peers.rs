@@ -9,8 +9,9 @@
 //! - `raw_epoll_eventfd`: the floor — `Mutex<VecDeque>` plus an eventfd write on every push,
 //!   read by a thread blocked in `epoll_wait`.
 //!
-//! Benchmarks: `round_trip` (one job to the loop and a reply back: wakeup latency) and
-//! `burst_10k` (10,000 jobs from one thread, timed until the last has run: throughput).
+//! Benchmarks: `round_trip` (one job to the loop and a reply back: wakeup latency),
+//! `burst_10k` (10,000 jobs from one thread, timed until the last has run: throughput) and
+//! `burst_4x2500` (the same 10,000 jobs from four threads at once).
 //! Run with `cd bench && cargo bench --bench peers`.
 
 use std::collections::VecDeque;
@@ -25,7 +26,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 type Job = Box<dyn FnOnce() + Send>;
 
 /// One loop thread that runs submitted jobs.
-trait Peer {
+trait Peer: Sync {
     fn name(&self) -> &'static str;
     fn submit(&self, job: Job);
 }
@@ -318,5 +319,40 @@ fn burst_10k(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip, burst_10k);
+/// 4 producer threads × 2,500 jobs into one loop, timed until the last has run.
+fn burst_4x2500(c: &mut Criterion) {
+    const PRODUCERS: usize = 4;
+    const JOBS: usize = 10_000;
+    let mut group = c.benchmark_group("burst_4x2500");
+    group.throughput(Throughput::Elements(JOBS as u64));
+    group.sample_size(20);
+    for peer in peers() {
+        let (tx, rx) = channel();
+        let done = Arc::new(AtomicUsize::new(0));
+        group.bench_function(peer.name(), |b| {
+            b.iter(|| {
+                done.store(0, Ordering::Relaxed);
+                std::thread::scope(|s| {
+                    for _ in 0..PRODUCERS {
+                        let (peer, done, tx) = (&peer, done.clone(), tx.clone());
+                        s.spawn(move || {
+                            for _ in 0..JOBS / PRODUCERS {
+                                let (done, tx) = (done.clone(), tx.clone());
+                                peer.submit(Box::new(move || {
+                                    if done.fetch_add(1, Ordering::Relaxed) + 1 == JOBS {
+                                        tx.send(()).unwrap();
+                                    }
+                                }));
+                            }
+                        });
+                    }
+                });
+                wait(&rx);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, burst_10k, burst_4x2500);
 criterion_main!(benches);
