@@ -415,10 +415,13 @@ fn thread_main(shared: Arc<Shared>) {
         let mut set = rustix::thread::CpuSet::new();
         set.set(cpu);
         if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
-            log::warn!("reseau: pinning the loop thread to CPU {cpu} failed: {e}");
+            crate::log_at!(
+                warn,
+                "reseau: pinning the loop thread to CPU {cpu} failed: {e}"
+            );
         }
     }
-    log::debug!("reseau: loop thread started");
+    crate::log_at!(debug, "reseau: loop thread started");
     let handle = shared.handle();
     let _ = shared.engine.drive(&handle);
 }
@@ -453,14 +456,15 @@ impl Drop for EventLoop {
             // Dropped by one of its own tasks: it cannot wait for itself. Orphan it: the
             // loop stops after this task and tears itself down at exit.
             if s.engine.abandon_from_loop_thread() {
-                log::error!(
+                crate::log_at!(
+                    error,
                     "reseau: EventLoop dropped on its own thread; it will tear down after this task"
                 );
             }
             return;
         }
         if let Err(e) = self.destroy() {
-            log::error!("reseau: destroying the loop on drop failed: {e}");
+            crate::log_at!(error, "reseau: destroying the loop on drop failed: {e}");
         }
     }
 }

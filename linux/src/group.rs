@@ -150,14 +150,17 @@ impl EventLoopGroup {
                 Err(e) => {
                     for mut el in loops {
                         if let Err(e) = el.destroy() {
-                            log::error!("reseau: destroying a group loop after a failed new: {e}");
+                            crate::log_at!(
+                                error,
+                                "reseau: destroying a group loop after a failed new: {e}"
+                            );
                         }
                     }
                     return Err(e);
                 }
             }
         }
-        log::debug!("reseau: event-loop group of {n} loops started");
+        crate::log_at!(debug, "reseau: event-loop group of {n} loops started");
         Ok(Self {
             handles: loops.iter().map(EventLoop::handle).collect(),
             state: Mutex::new(State {
@@ -263,7 +266,7 @@ impl EventLoopGroup {
             .spawn(move || {
                 let loops = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Err(e) = destroy_all(loops.unwrap_or_default()) {
-                    log::error!("reseau: group shutdown: {e}");
+                    crate::log_at!(error, "reseau: group shutdown: {e}");
                 }
                 if let Some(f) = on_complete {
                     f();
@@ -287,7 +290,7 @@ fn destroy_all(loops: Vec<EventLoop>) -> Result<(), Error> {
     let mut first = Ok(());
     for mut el in loops {
         if let Err(e) = el.destroy() {
-            log::error!("reseau: destroying a group loop failed: {e}");
+            crate::log_at!(error, "reseau: destroying a group loop failed: {e}");
             if first.is_ok() {
                 first = Err(e);
             }
@@ -303,7 +306,7 @@ fn destroy_all(loops: Vec<EventLoop>) -> Result<(), Error> {
 impl Drop for EventLoopGroup {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown(None) {
-            log::error!("reseau: shutting the group down on drop: {e}");
+            crate::log_at!(error, "reseau: shutting the group down on drop: {e}");
         }
         let on_loop = self.is_on_loop_thread();
         let Some(h) = self.lock().shutdown_thread.take() else {
@@ -315,7 +318,7 @@ impl Drop for EventLoopGroup {
             return;
         }
         if h.join().is_err() {
-            log::error!("reseau: the group shutdown thread panicked");
+            crate::log_at!(error, "reseau: the group shutdown thread panicked");
         }
     }
 }

@@ -29,8 +29,28 @@
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
 //!
+//!
+//! Features: `log` (default) reports fallbacks, caught panics and failed syscalls through
+//! the [`log`](https://docs.rs/log) crate; without it those lines compile to nothing
+//! (smaller binaries — see the README's "Size"), and the same facts stay observable as
+//! values ([`EventLoop::backend`], [`Stats`], the errors returned).
+//!
 //! [`turn`]: EventLoop::turn
 //! [`run_here`]: EventLoop::run_here
+
+/// Logs through the `log` crate when the `log` feature is on (the default); without it the
+/// arguments are only type-checked and nothing is compiled in.
+macro_rules! log_at {
+    ($level:ident, $($arg:tt)+) => {{
+        #[cfg(feature = "log")]
+        ::log::$level!($($arg)+);
+        #[cfg(not(feature = "log"))]
+        {
+            let _ = format_args!($($arg)+);
+        }
+    }};
+}
+pub(crate) use log_at;
 
 mod clock;
 mod error;

@@ -133,7 +133,8 @@ impl LinuxPlatform {
             Ok(r) => Some(r),
             Err(payload) => {
                 Counters::bump(&self.counters.panics_caught, 1);
-                log::error!(
+                crate::log_at!(
+                    error,
                     "reseau: {what} panicked: {}; the loop goes on",
                     panic_message(&*payload)
                 );
@@ -149,7 +150,8 @@ impl LinuxPlatform {
         });
         match result {
             Some(Ok(()) | Err(Errno::NOENT) | Err(Errno::BADF)) | None => {}
-            Some(Err(errno)) => log::warn!(
+            Some(Err(errno)) => crate::log_at!(
+                warn,
                 "reseau: epoll_ctl(DEL) failed with {errno}; dropping the subscription anyway"
             ),
         }
@@ -185,7 +187,7 @@ impl Platform for LinuxPlatform {
 
     fn wake(&self) {
         if let Err(errno) = self.wakeup.wake() {
-            log::error!("reseau: writing the wakeup failed: {errno}");
+            crate::log_at!(error, "reseau: writing the wakeup failed: {errno}");
         }
         Counters::bump(&self.counters.producers.wakeups_written, 1);
     }
@@ -224,7 +226,10 @@ impl Platform for LinuxPlatform {
             // Interrupted by a signal: the engine recomputes the timeout and waits again.
             Err(Errno::INTR) => Ok(()),
             Err(errno) => {
-                log::error!("reseau: epoll_wait failed with {errno}; the loop stops");
+                crate::log_at!(
+                    error,
+                    "reseau: epoll_wait failed with {errno}; the loop stops"
+                );
                 let e = SysError {
                     call: "epoll_wait",
                     errno,
@@ -255,7 +260,10 @@ impl Platform for LinuxPlatform {
             Err(payload) => {
                 Counters::bump(&self.counters.panics_caught, 1);
                 let msg = panic_message(&*payload).to_owned();
-                log::error!("reseau: the loop panicked outside a task: {msg}; it stops");
+                crate::log_at!(
+                    error,
+                    "reseau: the loop panicked outside a task: {msg}; it stops"
+                );
                 *lock(&self.loop_error) = Some(Error::Panicked(msg));
                 None
             }

@@ -199,11 +199,15 @@ fn fallback_allowed(errno: Errno) -> bool {
 pub(crate) fn create_epoll(sys: &dyn Syscalls) -> Result<(OwnedFd, EpollBackend), SysError> {
     match sys.epoll_create1() {
         Ok(fd) => {
-            log::info!("reseau: epoll descriptor from epoll_create1(EPOLL_CLOEXEC)");
+            crate::log_at!(
+                info,
+                "reseau: epoll descriptor from epoll_create1(EPOLL_CLOEXEC)"
+            );
             Ok((fd, EpollBackend::Create1))
         }
         Err(errno) if fallback_allowed(errno) => {
-            log::warn!(
+            crate::log_at!(
+                warn,
                 "reseau: epoll_create1 failed with {errno}; falling back to epoll_create + F_SETFD"
             );
             let fd = sys.epoll_create().call("epoll_create")?;
@@ -230,7 +234,10 @@ pub(crate) enum WakeupFds {
 pub(crate) fn create_wakeup(sys: &dyn Syscalls) -> Result<(WakeupFds, WakeupBackend), SysError> {
     let errno = match sys.eventfd() {
         Ok(fd) => {
-            log::info!("reseau: wakeup from eventfd(EFD_CLOEXEC|EFD_NONBLOCK)");
+            crate::log_at!(
+                info,
+                "reseau: wakeup from eventfd(EFD_CLOEXEC|EFD_NONBLOCK)"
+            );
             return Ok((WakeupFds::EventFd(fd), WakeupBackend::EventFd));
         }
         Err(errno) if fallback_allowed(errno) => errno,
@@ -241,11 +248,17 @@ pub(crate) fn create_wakeup(sys: &dyn Syscalls) -> Result<(WakeupFds, WakeupBack
             });
         }
     };
-    log::warn!("reseau: eventfd failed with {errno}; falling back to pipe2");
+    crate::log_at!(
+        warn,
+        "reseau: eventfd failed with {errno}; falling back to pipe2"
+    );
     match sys.pipe2() {
         Ok((read, write)) => Ok((WakeupFds::Pipe { read, write }, WakeupBackend::Pipe2)),
         Err(errno) if fallback_allowed(errno) => {
-            log::warn!("reseau: pipe2 failed with {errno}; falling back to pipe + fcntl");
+            crate::log_at!(
+                warn,
+                "reseau: pipe2 failed with {errno}; falling back to pipe + fcntl"
+            );
             let (read, write) = sys.pipe().call("pipe")?;
             for fd in [read.as_fd(), write.as_fd()] {
                 sys.set_cloexec(fd).call("fcntl(F_SETFD, FD_CLOEXEC)")?;
