@@ -3,7 +3,7 @@
 use std::fmt;
 
 pub use reseau_core::When;
-use reseau_core::{LifecycleError, RefusedKind};
+use reseau_core::{LifecycleError, Operation, RefusedKind};
 
 use crate::sys::SysError;
 use crate::task::Task;
@@ -33,6 +33,11 @@ pub enum Error {
     Panicked(String),
     /// A schedule was refused (see [`ScheduleError`]; the task itself stays there).
     Schedule(ScheduleErrorKind),
+    /// The loop was inherited through `fork`: it belongs to the parent process, whose
+    /// epoll set and wakeup this process shares, so the operation was refused untouched.
+    /// Only dropping (or destroying) the loop is allowed in the child: it releases the
+    /// memory without touching the kernel objects.
+    Forked(Operation),
 }
 
 impl fmt::Display for Error {
@@ -48,6 +53,10 @@ impl fmt::Display for Error {
             ),
             Error::Panicked(msg) => write!(f, "the loop stopped: it panicked outside a task: {msg}"),
             Error::Schedule(kind) => write!(f, "schedule refused: {kind}"),
+            Error::Forked(op) => write!(
+                f,
+                "{op} refused: the loop was inherited through fork and belongs to the parent"
+            ),
         }
     }
 }
@@ -93,6 +102,8 @@ pub enum ScheduleErrorKind {
     },
     /// Destroy has begun (or finished); the lifecycle error names the state.
     Destroyed(LifecycleError),
+    /// The loop was inherited through `fork` (see [`Error::Forked`]).
+    Forked,
 }
 
 impl From<RefusedKind> for ScheduleErrorKind {
@@ -111,6 +122,9 @@ impl fmt::Display for ScheduleErrorKind {
                 write!(f, "the loop already holds {capacity} pending tasks")
             }
             ScheduleErrorKind::Destroyed(e) => e.fmt(f),
+            ScheduleErrorKind::Forked => {
+                f.write_str("the loop was inherited through fork and belongs to the parent")
+            }
         }
     }
 }

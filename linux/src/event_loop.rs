@@ -197,6 +197,7 @@ impl EventLoop {
         if options.thread_name.contains('\0') {
             return Err(Error::InvalidOption("thread name contains a NUL byte"));
         }
+        let fork_generation = crate::fork::register();
         let slots = alloc_slots(options.capacity)?;
         let sys = options.syscalls.clone();
         let (epoll, epoll_backend) = sys::create_epoll(&*sys)?;
@@ -214,6 +215,7 @@ impl EventLoop {
             thread: Mutex::new(None),
             options,
             weak: weak.clone(),
+            fork_generation,
         });
         let handle = shared.handle();
         Ok(Self {
@@ -223,9 +225,28 @@ impl EventLoop {
     }
 
     fn shared(&self, op: Operation) -> Result<&Arc<Shared>, Error> {
-        self.shared
-            .as_ref()
-            .ok_or(Error::InvalidState(destroyed_error(op)))
+        match &self.shared {
+            Some(s) if s.inherited() => Err(Error::Forked(op)),
+            Some(s) => Ok(s),
+            None => Err(Error::InvalidState(destroyed_error(op))),
+        }
+    }
+
+    /// In a forked child: lets go of the loop without touching the kernel objects it
+    /// shares with the parent. The pending tasks are dropped unrun and the subscriptions'
+    /// sources closed (closing a descriptor copy leaves the parent's registrations alone)
+    /// once the last reference goes — unless the loop was running when the process forked:
+    /// the loop thread's reference then stays, since that thread does not exist here, and
+    /// the memory is the child's until it exits or execs.
+    fn release_after_fork(&mut self) {
+        let Some(s) = self.shared.take() else { return };
+        // The loop thread does not exist in the child: never join it (detaching a copy of
+        // a parent thread's handle is not meaningful either). The lock may have been held
+        // by a parent thread at the fork, so only try it.
+        if let Ok(mut thread) = s.thread.try_lock() {
+            std::mem::forget(thread.take());
+        }
+        drop(s);
     }
 
     /// A handle that schedules on this loop from any thread.
@@ -385,6 +406,10 @@ impl EventLoop {
     /// closed, and the loop thread cancels the remaining tasks and closes the descriptors
     /// itself when its current task returns).
     pub fn destroy(&mut self) -> Result<(), Error> {
+        if self.shared.as_ref().is_some_and(|s| s.inherited()) {
+            self.release_after_fork();
+            return Ok(());
+        }
         let s = self.shared(Operation::Destroy)?.clone();
         let timeout = s.options.teardown_timeout.map(nanos);
         match s.engine.destroy(&self.handle, timeout) {
@@ -452,6 +477,10 @@ impl std::ops::Deref for EventLoop {
 impl Drop for EventLoop {
     fn drop(&mut self) {
         let Some(s) = &self.shared else { return };
+        if s.inherited() {
+            self.release_after_fork();
+            return;
+        }
         if s.engine.is_driver() {
             // Dropped by one of its own tasks: it cannot wait for itself. Orphan it: the
             // loop stops after this task and tears itself down at exit.

@@ -157,6 +157,13 @@ impl LoopHandle {
                 task: Task(payload),
             });
         };
+        if shared.inherited() {
+            return Err(ScheduleError {
+                kind: ScheduleErrorKind::Forked,
+                when,
+                task: Task(payload),
+            });
+        }
         shared
             .engine
             .schedule(payload, when)
@@ -171,11 +178,12 @@ impl LoopHandle {
     /// Cancels a task: it runs exactly once with [`TaskStatus::Canceled`] — at once when
     /// called on the loop thread, on the loop thread in its next tick otherwise (or at
     /// destroy) — and this returns `true`. Returns `false`, a no-op, when the task has
-    /// already run or been canceled, or the handle is of another loop.
+    /// already run or been canceled, or the handle is of another loop (or the loop was
+    /// inherited through `fork`: see [`Error::Forked`]).
     pub fn cancel(&self, task: &TaskHandle) -> bool {
         match self.upgrade() {
-            Some(shared) => shared.engine.cancel(self, task.0),
-            None => false,
+            Some(shared) if !shared.inherited() => shared.engine.cancel(self, task.0),
+            _ => false,
         }
     }
 
@@ -219,6 +227,9 @@ impl LoopHandle {
             let e = destroyed_error(Operation::Subscribe);
             return refuse(SubscribeErrorKind::Destroyed(e), source);
         };
+        if shared.inherited() {
+            return refuse(SubscribeErrorKind::Forked, source);
+        }
         let _guard = if shared.engine.is_driver() {
             None
         } else {
@@ -283,6 +294,9 @@ impl LoopHandle {
         let shared = self
             .upgrade()
             .ok_or(Error::InvalidState(destroyed_error(Operation::Unsubscribe)))?;
+        if shared.inherited() {
+            return Err(Error::Forked(Operation::Unsubscribe));
+        }
         let on_loop = shared.engine.is_driver();
         if !on_loop && shared.engine.lifecycle().is_live() {
             return Err(Error::Unsubscribe(
@@ -330,6 +344,9 @@ impl LoopHandle {
         let shared = self
             .upgrade()
             .ok_or(Error::InvalidState(destroyed_error(Operation::Stop)))?;
+        if shared.inherited() {
+            return Err(Error::Forked(Operation::Stop));
+        }
         Ok(shared.engine.stop()?)
     }
 }

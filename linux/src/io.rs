@@ -223,6 +223,8 @@ pub enum SubscribeErrorKind {
     AlreadySubscribed,
     /// Destroy has begun.
     Destroyed(reseau_core::LifecycleError),
+    /// The loop was inherited through `fork` (see [`Error::Forked`](crate::Error::Forked)).
+    Forked,
     /// A syscall failed (`fcntl(F_GETFL)`, `epoll_ctl(ADD)`).
     Sys(SysError),
 }
@@ -255,6 +257,9 @@ impl<S> fmt::Display for SubscribeError<S> {
             ),
             SubscribeErrorKind::Destroyed(e) => write!(f, "subscribe refused ({e})"),
             SubscribeErrorKind::Sys(e) => write!(f, "subscribe failed: {e}"),
+            SubscribeErrorKind::Forked => f.write_str(
+                "subscribe refused: the loop was inherited through fork and belongs to the parent",
+            ),
         }
     }
 }

@@ -55,6 +55,7 @@ pub(crate) use log_at;
 mod clock;
 mod error;
 mod event_loop;
+mod fork;
 mod group;
 mod handle;
 mod io;

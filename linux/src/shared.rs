@@ -26,11 +26,20 @@ pub(crate) struct Shared {
     pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) options: EventLoopOptions,
     pub(crate) weak: Weak<Shared>,
+    /// The fork generation the loop was created in (see [`crate::fork`]).
+    pub(crate) fork_generation: u64,
 }
 
 impl Shared {
     pub(crate) fn platform(&self) -> &LinuxPlatform {
         self.engine.platform()
+    }
+
+    /// Whether this process is a forked child of the one that created the loop: then
+    /// nothing may touch the loop's kernel objects (they are the parent's too).
+    #[inline]
+    pub(crate) fn inherited(&self) -> bool {
+        crate::fork::inherited(self.fork_generation)
     }
 
     pub(crate) fn handle(&self) -> LoopHandle {

@@ -3,4 +3,5 @@
 //! helpers the integration tests in `tests/` share.
 
 pub mod fuzz;
+pub mod seccomp;
 pub mod util;

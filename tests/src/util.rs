@@ -75,9 +75,16 @@ pub fn is_child(marker: &str) -> bool {
 /// report is indented in the failure message, so its own `test result:` line is not
 /// mistaken for this binary's by whoever counts them (`.ci/run` does).
 pub fn run_in_child(marker: &str, name: &str) {
+    run_in_child_with(marker, name, &[]);
+}
+
+/// [`run_in_child`], with more environment variables for the child (a scenario's
+/// parameters).
+pub fn run_in_child_with(marker: &str, name: &str, env: &[(&str, &str)]) {
     let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(marker, "1")
+        .envs(env.iter().copied())
         .output()
         .expect("spawn the child test process");
     let indent = |b: &[u8]| {

@@ -252,8 +252,21 @@ pub(crate) fn create_wakeup(sys: &dyn Syscalls) -> Result<(WakeupFds, WakeupBack
         warn,
         "reseau: eventfd failed with {errno}; falling back to pipe2"
     );
+    let ((read, write), legacy) = pipe_by_chain(sys)?;
+    let backend = if legacy {
+        WakeupBackend::Pipe
+    } else {
+        WakeupBackend::Pipe2
+    };
+    Ok((WakeupFds::Pipe { read, write }, backend))
+}
+
+/// A pipe, both ends non-blocking and close-on-exec: `pipe2(O_NONBLOCK|O_CLOEXEC)`, or on
+/// `ENOSYS`/`EINVAL` the legacy `pipe()` + `fcntl(F_SETFD)` + `ioctl(FIONBIO)`. The second
+/// value says whether the legacy path was taken.
+fn pipe_by_chain(sys: &dyn Syscalls) -> Result<((OwnedFd, OwnedFd), bool), SysError> {
     match sys.pipe2() {
-        Ok((read, write)) => Ok((WakeupFds::Pipe { read, write }, WakeupBackend::Pipe2)),
+        Ok(ends) => Ok((ends, false)),
         Err(errno) if fallback_allowed(errno) => {
             crate::log_at!(
                 warn,
@@ -264,11 +277,28 @@ pub(crate) fn create_wakeup(sys: &dyn Syscalls) -> Result<(WakeupFds, WakeupBack
                 sys.set_cloexec(fd).call("fcntl(F_SETFD, FD_CLOEXEC)")?;
                 sys.set_nonblocking(fd).call("ioctl(FIONBIO)")?;
             }
-            Ok((WakeupFds::Pipe { read, write }, WakeupBackend::Pipe))
+            Ok(((read, write), true))
         }
         Err(errno) => Err(SysError {
             call: "pipe2",
             errno,
         }),
     }
+}
+
+/// A pipe for the application, by the same chain as the loop's own wakeup pipe:
+/// `pipe2(O_NONBLOCK|O_CLOEXEC)`, or on kernels and sandboxes without it (`ENOSYS`,
+/// `EINVAL`) the legacy `pipe()` with the flags set afterwards. Returns (read end, write
+/// end), both non-blocking and close-on-exec, ready to [`subscribe`](crate::LoopHandle::subscribe).
+///
+/// ```
+/// let (read, write) = reseau_linux::sys::nonblocking_pipe()?;
+/// rustix::io::write(&write, b"x").unwrap();
+/// # Ok::<(), reseau_linux::SysError>(())
+/// ```
+///
+/// # Errors
+/// The call that failed last, with its errno (`EMFILE`, `ENFILE`, …); nothing stays open.
+pub fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
+    pipe_by_chain(&RealSyscalls).map(|(ends, _)| ends)
 }
