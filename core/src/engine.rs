@@ -364,6 +364,18 @@ struct Local {
     busy: bool,
 }
 
+impl Local {
+    const EMPTY: Local = Local {
+        ready_head: NIL,
+        ready_tail: NIL,
+        ready_len: 0,
+        heap_len: 0,
+        zombies: 0,
+        next_seq: 0,
+        busy: false,
+    };
+}
+
 /// Proof that the calling thread is the loop's driver (its thread, a `turn` caller, or the
 /// thread destroying it). Only the engine makes one, after checking; every access to the
 /// driver-only state takes it.
@@ -471,6 +483,51 @@ where
     }
 }
 
+#[cfg(not(loom))]
+impl<P, T, const N: usize> Engine<P, T, [Slot<T>; N]>
+where
+    P: Platform,
+    T: Runnable<P::Cx>,
+{
+    /// An engine holding its `N` slots inline, built at compile time: what a `static`
+    /// needs on a target without an allocator. `N` is checked at compile time (1 to
+    /// [`MAX_CAPACITY`]); otherwise the same engine as [`new`](Self::new) returns.
+    ///
+    /// ```
+    /// use reseau_core::sim::SimPlatform;
+    /// use reseau_core::{Engine, Slot, TaskStatus, When};
+    ///
+    /// type Job = fn(&(), TaskStatus);
+    /// // A `static` needs a `Sync` platform; a local works with any.
+    /// let engine: Engine<SimPlatform<(), 4>, Job, [Slot<Job>; 8]> =
+    ///     Engine::new_inline(SimPlatform::new(|_, _| {}), 1);
+    /// assert_eq!(engine.capacity(), 8);
+    /// engine.schedule(|_, status| assert_eq!(status, TaskStatus::RunReady), When::Now)
+    ///     .map_err(|r| r.kind)
+    ///     .unwrap();
+    /// ```
+    pub const fn new_inline(platform: P, id: u64) -> Self {
+        const { assert!(N >= 1 && N <= MAX_CAPACITY, "capacity out of range") };
+        Self {
+            platform,
+            id,
+            cap: N,
+            one_lap: (N + 1).next_power_of_two(),
+            lifecycle: CachePadded(Lifecycle::new()),
+            driver: CachePadded(AtomicUsize::new(0)),
+            stop_hint: CachePadded(AtomicU8::new(0)),
+            notified: CachePadded(AtomicU8::new(0)),
+            cancels: CachePadded(AtomicU32::new(NIL)),
+            fresh: CachePadded(AtomicUsize::new(0)),
+            free: Ring::new(),
+            inbox: Ring::new(),
+            local: UnsafeCell::new(Local::EMPTY),
+            slots: [const { Slot::new() }; N],
+            _task: PhantomData,
+        }
+    }
+}
+
 impl<P, T, S> Engine<P, T, S>
 where
     P: Platform,
@@ -500,15 +557,7 @@ where
             fresh: CachePadded(AtomicUsize::new(0)),
             free: Ring::new(),
             inbox: Ring::new(),
-            local: UnsafeCell::new(Local {
-                ready_head: NIL,
-                ready_tail: NIL,
-                ready_len: 0,
-                heap_len: 0,
-                zombies: 0,
-                next_seq: 0,
-                busy: false,
-            }),
+            local: UnsafeCell::new(Local::EMPTY),
             slots,
             #[cfg(loom)]
             canary: Canary::None,

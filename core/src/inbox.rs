@@ -91,7 +91,41 @@ impl<T, const N: usize> Inbox<T, N> {
         "Inbox capacity must be a power of two, at least 2"
     );
 
-    /// An empty inbox.
+    /// An empty inbox; `const`, so an inbox can be a `static` on a target without an
+    /// allocator.
+    ///
+    /// ```
+    /// use reseau_core::Inbox;
+    /// static INBOX: Inbox<u32, 8> = Inbox::new();
+    /// INBOX.push(7).unwrap();
+    /// assert_eq!(INBOX.len(), 1);
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::VALID;
+        let mut cells = [const { MaybeUninit::<Cell<T>>::uninit() }; N];
+        let mut i = 0;
+        while i < N {
+            cells[i] = MaybeUninit::new(Cell {
+                seq: AtomicUsize::new(i),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            });
+            i += 1;
+        }
+        // SAFETY: the loop initialized every element, and `[MaybeUninit<Cell<T>>; N]` has
+        // the layout of `[Cell<T>; N]`; the source array has no drop glue to run twice.
+        let cells = unsafe { (&raw const cells).cast::<[Cell<T>; N]>().read() };
+        Self {
+            head: CachePadded(AtomicUsize::new(0)),
+            tail: CachePadded(AtomicUsize::new(0)),
+            notified: CachePadded(AtomicU8::new(0)),
+            cells,
+        }
+    }
+
+    /// An empty inbox (loom builds: loom's atomics are not `const`).
+    #[cfg(loom)]
     pub fn new() -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::VALID;
