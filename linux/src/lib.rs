@@ -32,24 +32,29 @@
 //! [`turn`]: EventLoop::turn
 //! [`run_here`]: EventLoop::run_here
 
+mod async_fd;
 mod clock;
 mod error;
 mod event_loop;
+pub mod futures;
 mod group;
 mod handle;
 mod io;
 mod load;
 mod platform;
 mod shared;
+mod sleep;
 mod stats;
 pub mod sys;
 mod task;
 mod thread_id;
 mod wakeup;
 
+pub use async_fd::{AsyncFd, ReadyFuture};
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind, When};
 pub use event_loop::{EventLoop, EventLoopOptions, MAX_CAPACITY};
+pub use futures::{JoinError, JoinHandle, SpawnError};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
@@ -59,6 +64,7 @@ pub use io::{
 pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
+pub use sleep::Sleep;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};

@@ -1,0 +1,441 @@
+//! Futures on the loop (issue 11, item 4): spawn, JoinHandle, sleep, AsyncFd, and what a
+//! waker does on a full or a destroyed loop.
+
+use std::future::{Future, poll_fn};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use reseau_linux::{
+    EventLoop, EventLoopOptions, Interest, JoinError, JoinHandle, LoopHandle, ScheduleErrorKind,
+};
+use reseau_tests::util::{hold_loop, recv};
+
+fn running(capacity: usize) -> EventLoop {
+    let el = EventLoop::new(EventLoopOptions {
+        capacity,
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    el
+}
+
+fn spawn<F>(h: &LoopHandle, f: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    h.spawn(f).map_err(|e| e.kind).expect("spawn")
+}
+
+/// Counts its drops.
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A waker slot a test controls: the future parks its waker here and waits for `go`.
+#[derive(Default)]
+struct Gate {
+    waker: Mutex<Option<Waker>>,
+    go: AtomicBool,
+}
+
+impl Gate {
+    /// Resolves once `go` is set; reports its first poll on `polled`.
+    fn wait(self: Arc<Self>, polled: std::sync::mpsc::Sender<()>) -> impl Future<Output = ()> {
+        let mut first = Some(polled);
+        poll_fn(move |cx| {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if let Some(tx) = first.take() {
+                tx.send(()).unwrap();
+            }
+            if self.go.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn open(&self) {
+        self.go.store(true, Ordering::SeqCst);
+        let w = self.waker.lock().unwrap().clone().expect("polled once");
+        w.wake();
+    }
+}
+
+#[test]
+fn spawn_from_several_threads_each_future_completes_exactly_once() {
+    const THREADS: usize = 4;
+    const EACH: usize = 250;
+    let el = running(4096);
+    let runs: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..THREADS * EACH).map(|_| AtomicUsize::new(0)).collect());
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let h = el.handle();
+            let runs = runs.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let joins: Vec<_> = (0..EACH)
+                    .map(|i| {
+                        let runs = runs.clone();
+                        let h2 = h.clone();
+                        spawn(&h, async move {
+                            assert!(h2.is_on_loop_thread());
+                            runs[t * EACH + i].fetch_add(1, Ordering::SeqCst);
+                            t * EACH + i
+                        })
+                    })
+                    .collect();
+                for (i, j) in joins.into_iter().enumerate() {
+                    assert_eq!(j.join(), Ok(t * EACH + i));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(runs.iter().all(|r| r.load(Ordering::SeqCst) == 1));
+}
+
+#[test]
+fn a_future_that_wakes_itself_10000_times_is_polled_again_later_never_recursively() {
+    let el = running(16);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let in_poll = Arc::new(AtomicBool::new(false));
+    let (p, flag) = (polls.clone(), in_poll.clone());
+    let j = spawn(
+        &el,
+        poll_fn(move |cx| {
+            assert!(!flag.swap(true, Ordering::SeqCst), "polled recursively");
+            let n = p.fetch_add(1, Ordering::SeqCst) + 1;
+            let out = if n > 10_000 {
+                Poll::Ready(n)
+            } else {
+                cx.waker().wake_by_ref();
+                cx.waker().wake_by_ref(); // a second wake while notified is absorbed
+                Poll::Pending
+            };
+            flag.store(false, Ordering::SeqCst);
+            out
+        }),
+    );
+    assert_eq!(j.join(), Ok(10_001));
+    assert_eq!(polls.load(Ordering::SeqCst), 10_001);
+}
+
+#[test]
+fn sleeps_finish_in_deadline_order_never_early() {
+    let el = running(64);
+    let h = el.handle();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    // Hold the loop while the sleeps are made and spawned, so none is polled before all
+    // exist; their deadlines are fixed at creation.
+    let hold = hold_loop(&h, |_| {});
+    let joins: Vec<_> = [30u64, 10, 20]
+        .into_iter()
+        .map(|ms| {
+            let sleep = h.sleep(Duration::from_millis(ms));
+            let deadline = sleep.deadline();
+            let (h2, order) = (h.clone(), order.clone());
+            spawn(&h, async move {
+                sleep.await;
+                assert!(h2.now() >= deadline, "a sleep resolved early");
+                order.lock().unwrap().push(ms);
+            })
+        })
+        .collect();
+    hold.release();
+    for j in joins {
+        j.join().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![10, 20, 30]);
+}
+
+#[test]
+fn a_dropped_sleep_cancels_its_timer() {
+    let el = running(64);
+    let h = el.handle();
+    let h2 = h.clone();
+    let j = spawn(&h, async move {
+        let mut sleep = Box::pin(h2.sleep(Duration::from_secs(3600)));
+        // Poll it once (arming its timer), then drop it.
+        poll_fn(|cx| {
+            assert!(sleep.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let before = h2.stats().tasks_canceled;
+        drop(sleep);
+        h2.stats().tasks_canceled - before
+    });
+    // On the loop thread the cancel runs the timer canceled at once.
+    assert_eq!(j.join(), Ok(1));
+}
+
+#[test]
+fn async_fd_readable_resolves_on_a_socketpair_and_no_edge_is_lost() {
+    let el = running(64);
+    let h = el.handle();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let a = h
+        .async_fd(a, Interest::READABLE)
+        .map_err(|e| e.kind)
+        .unwrap();
+    let (got_tx, got_rx) = channel();
+    let j = spawn(&h, async move {
+        let mut total = Vec::new();
+        while total.len() < 6 {
+            let ready = a.readable().await.unwrap();
+            assert!(ready.is_readable() || ready.contains(reseau_linux::Readiness::REMOTE_HANG_UP));
+            let mut buf = [0u8; 16];
+            match a.try_io(Interest::READABLE, |mut s| s.read(&mut buf)) {
+                Ok(n) => {
+                    total.extend_from_slice(&buf[..n]);
+                    got_tx.send(total.len()).unwrap();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        total
+    });
+    // Data written before and after the first wait, in separate rounds: each edge wakes.
+    b.write_all(b"abc").unwrap();
+    assert_eq!(recv(&got_rx), 3);
+    b.write_all(b"def").unwrap();
+    assert_eq!(recv(&got_rx), 6);
+    assert_eq!(j.join().unwrap(), b"abcdef");
+}
+
+#[test]
+fn async_fd_is_released_at_destroy_and_its_waiter_gets_not_connected() {
+    let mut el = running(64);
+    let h = el.handle();
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let a = Arc::new(
+        h.async_fd(a, Interest::READABLE)
+            .map_err(|e| e.kind)
+            .unwrap(),
+    );
+    // The waiter runs on another thread's poll (not on the loop), so it outlives destroy.
+    let waiter = {
+        let a = a.clone();
+        std::thread::spawn(move || block_on(async move { a.readable().await.map(|_| ()) }))
+    };
+    el.destroy().unwrap();
+    let err = waiter.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+}
+
+#[test]
+fn a_wake_on_a_full_loop_is_not_lost() {
+    let el = running(2);
+    let h = el.handle();
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let j = spawn(&h, gate.clone().wait(polled_tx));
+    recv(&polled_rx);
+    // Fill the loop (a running task holds no slot): far timers take both slots.
+    let hold = hold_loop(&h, |_| {});
+    let far = fill(&h);
+    assert_eq!(far.len(), 2);
+    // The wake cannot schedule a poll task: the future goes on the overflow list.
+    gate.open();
+    assert_eq!(h.stats().futures_overflowed, 1);
+    assert!(!j.is_finished());
+    hold.release();
+    assert_eq!(j.join(), Ok(()));
+    for t in &far {
+        assert!(h.cancel(t));
+    }
+}
+
+/// Schedules far timers until the loop refuses one as full; returns their handles.
+fn fill(h: &LoopHandle) -> Vec<reseau_linux::TaskHandle> {
+    let mut far = Vec::new();
+    loop {
+        match h.schedule_at(h.now() + 3_600_000_000_000, |_, _| {}) {
+            Ok(t) => far.push(t),
+            Err(e) => {
+                assert!(matches!(e.kind, ScheduleErrorKind::Full { .. }));
+                return far;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wake_after_destroy_is_a_no_op_and_the_join_handle_says_canceled() {
+    let mut el = running(64);
+    let h = el.handle();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let counter = DropCounter(drops.clone());
+    let wait = gate.clone().wait(polled_tx);
+    let j = spawn(&h, async move {
+        let _counter = counter;
+        wait.await;
+    });
+    recv(&polled_rx);
+    el.destroy().unwrap();
+    // Destroy dropped the pending future once, and its handle resolved.
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert!(j.is_finished());
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+    // Its waker outlives the loop: waking it is a no-op.
+    gate.open();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_future_spawned_on_a_stopped_loop_is_canceled_by_destroy() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(drops.clone());
+    let j = spawn(&el, async move {
+        let _c = counter;
+    });
+    el.destroy().unwrap();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+}
+
+#[test]
+fn a_panicking_future_gives_panicked_and_the_loop_goes_on() {
+    let el = running(64);
+    let j = spawn(&el, async { panic!("future boom") });
+    assert_eq!(
+        j.join(),
+        Err::<(), _>(JoinError::Panicked("future boom".into()))
+    );
+    assert_eq!(spawn(&el, async { 1 }).join(), Ok(1));
+}
+
+#[test]
+fn a_dropped_join_handle_detaches_the_future() {
+    let el = running(64);
+    let h = el.handle();
+    let (tx, rx) = channel();
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let wait = gate.clone().wait(polled_tx);
+    drop(spawn(&h, async move {
+        wait.await;
+        tx.send("ran").unwrap();
+    }));
+    recv(&polled_rx);
+    gate.open();
+    assert_eq!(recv(&rx), "ran");
+}
+
+#[test]
+fn abort_drops_a_pending_future_and_the_handle_says_canceled() {
+    let el = running(64);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(drops.clone());
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let wait = gate.clone().wait(polled_tx);
+    let j = spawn(&el, async move {
+        let _c = counter;
+        wait.await;
+    });
+    recv(&polled_rx);
+    j.abort();
+    j.abort();
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_refused_spawn_hands_the_future_back() {
+    // Full.
+    let el = running(1);
+    let h = el.handle();
+    let far = fill(&h);
+    let e = h.spawn(async { 5 }).unwrap_err();
+    assert!(matches!(e.kind, ScheduleErrorKind::Full { capacity: 1 }));
+    assert!(h.cancel(&far[0]));
+    // The slot frees once the loop has run the cancel: retry with the handed-back future.
+    let start = std::time::Instant::now();
+    let mut future = e.future;
+    let again = loop {
+        match h.spawn(future) {
+            Ok(j) => break j,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < reseau_tests::util::GUARD,
+                    "no slot freed (failure guard)"
+                );
+                future = e.future;
+                std::thread::yield_now();
+            }
+        }
+    };
+    assert_eq!(again.join(), Ok(5));
+    // Destroyed.
+    drop(el);
+    let e = h.spawn(async { 6 }).unwrap_err();
+    assert!(matches!(e.kind, ScheduleErrorKind::Destroyed(_)));
+    assert_eq!(block_on(e.future), 6);
+}
+
+#[test]
+fn join_on_the_loop_thread_says_would_deadlock() {
+    let el = running(64);
+    let h = el.handle();
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let pending = spawn(&h, gate.clone().wait(polled_tx));
+    recv(&polled_rx);
+    let (tx, rx) = channel();
+    h.schedule_now(move |_, _| tx.send(pending.join()).unwrap())
+        .unwrap();
+    assert_eq!(recv(&rx), Err(JoinError::WouldDeadlock));
+}
+
+#[test]
+fn a_join_handle_is_a_future() {
+    let el = running(64);
+    let h = el.handle();
+    let inner = spawn(&h, async { 20 });
+    let outer = spawn(&h, async move { inner.await.unwrap() + 1 });
+    assert_eq!(outer.join(), Ok(21));
+}
+
+/// A minimal block_on for tests: polls on this thread, parks between wakes.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f: Pin<Box<F>> = Box::pin(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
