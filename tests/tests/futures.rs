@@ -439,3 +439,84 @@ fn block_on<F: Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// Waits (bounded by the failure guard) until destroy has begun on `h`'s loop: a schedule
+/// is then refused as destroyed.
+fn until_destroy_began(h: &LoopHandle) {
+    let start = std::time::Instant::now();
+    loop {
+        match h.schedule_now(|_, _| {}) {
+            Err(e) if matches!(e.kind, ScheduleErrorKind::Destroyed(_)) => return,
+            _ => {
+                assert!(
+                    start.elapsed() < reseau_tests::util::GUARD,
+                    "destroy never began (failure guard)"
+                );
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wake_while_destroy_runs_drops_the_future_on_the_waking_thread() {
+    let el = running(64);
+    let h = el.handle();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(drops.clone());
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let wait = gate.clone().wait(polled_tx);
+    let j = spawn(&h, async move {
+        let _c = counter;
+        wait.await;
+    });
+    recv(&polled_rx);
+    // The loop thread is held, so destroy (on another thread) waits for it: the future
+    // is still alive when the wake comes.
+    let hold = hold_loop(&h, |_| {});
+    let destroyer = std::thread::spawn(move || {
+        let mut el = el;
+        el.destroy()
+    });
+    until_destroy_began(&h);
+    gate.open();
+    // The wake could not schedule: the future was dropped here, at once.
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert!(j.is_finished());
+    hold.release();
+    destroyer.join().unwrap().unwrap();
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_future_on_the_overflow_list_is_dropped_by_destroy() {
+    let el = running(2);
+    let h = el.handle();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(drops.clone());
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let wait = gate.clone().wait(polled_tx);
+    let j = spawn(&h, async move {
+        let _c = counter;
+        wait.await;
+    });
+    recv(&polled_rx);
+    let hold = hold_loop(&h, |_| {});
+    let _far = fill(&h);
+    gate.open();
+    assert_eq!(h.stats().futures_overflowed, 1);
+    let destroyer = std::thread::spawn(move || {
+        let mut el = el;
+        el.destroy()
+    });
+    until_destroy_began(&h);
+    hold.release();
+    destroyer.join().unwrap().unwrap();
+    // The held task returned into a stopping loop: no tick polled the overflow list;
+    // destroy dropped the future, once.
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+}
