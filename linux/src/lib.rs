@@ -25,6 +25,9 @@
 //!   event, 16 growing to `max_events`).
 //! - IO: [`LoopHandle::subscribe`] registers an owned, non-blocking source for
 //!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).
+//! - Futures ([`futures`]): [`LoopHandle::spawn`] runs a `Send` future on the loop
+//!   ([`JoinHandle`]); [`LoopHandle::sleep`] ([`Sleep`]) waits on the loop's timers;
+//!   [`LoopHandle::async_fd`] ([`AsyncFd`]) awaits a subscribed source's readiness.
 //! - [`EventLoopGroup`]: N loops on named threads, balanced by the power of two choices.
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
