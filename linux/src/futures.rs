@@ -21,11 +21,11 @@
 //!   thread for the duration), after the pending tasks ran canceled: every `JoinHandle`
 //!   resolves, none hangs.
 //!
-//! # Not here: `!Send` futures
-//! A task may be run canceled by whichever thread destroys the loop, so the engine's tasks
-//! must be `Send`; a `!Send` future could only live in a table the loop thread alone
-//! touches, and would then have to be leaked when another thread destroys the loop. That
-//! is left out until it can be made sound without a leak.
+//! # `!Send` futures
+//! A task may be run canceled by whichever thread destroys the loop, so the engine's
+//! tasks are `Send`; [`LoopHandle::spawn_local`] keeps a `!Send` future in a thread-local
+//! table of the thread driving the loop instead, and its tasks carry only a key (see
+//! that method for what happens when another thread drives or destroys the loop).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -111,13 +111,13 @@ struct JoinState<T> {
 }
 
 /// Where a future's outcome lands, for its [`JoinHandle`].
-struct JoinCell<T> {
+pub(crate) struct JoinCell<T> {
     state: Mutex<JoinState<T>>,
     cv: Condvar,
 }
 
 impl<T> JoinCell<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: Mutex::new(JoinState {
                 result: None,
@@ -129,7 +129,7 @@ impl<T> JoinCell<T> {
     }
 
     /// Records the outcome (the first one wins) and wakes whoever waits for it.
-    fn complete(&self, r: Result<T, JoinError>) {
+    pub(crate) fn complete(&self, r: Result<T, JoinError>) {
         let waker = {
             let mut st = lock(&self.state);
             if st.done {
@@ -166,13 +166,13 @@ impl<T> JoinCell<T> {
 /// ```
 pub struct JoinHandle<T> {
     cell: Arc<JoinCell<T>>,
-    task: Arc<FutureTask>,
+    task: Arc<dyn Job>,
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinHandle")
-            .field("loop", &self.task.handle.loop_id())
+            .field("loop", &self.task.handle().loop_id())
             .field("finished", &self.is_finished())
             .finish()
     }
@@ -188,8 +188,7 @@ impl<T> JoinHandle<T> {
     /// if the loop is destroyed), and the handle resolves to [`JoinError::Canceled`]. A
     /// future that already completed keeps its output; aborting twice is a no-op.
     pub fn abort(&self) {
-        lock(&self.task.state).aborted = true;
-        self.task.wake_by_ref_inner();
+        self.task.clone().abort();
     }
 
     /// Blocks the calling thread until the future's outcome is there, and returns it.
@@ -200,7 +199,7 @@ impl<T> JoinHandle<T> {
     /// finished (the future goes on, detached).
     pub fn join(self) -> Result<T, JoinError> {
         let mut st = lock(&self.cell.state);
-        if !st.done && self.task.handle.is_on_loop_thread() {
+        if !st.done && self.task.handle().is_on_loop_thread() {
             return Err(JoinError::WouldDeadlock);
         }
         while !st.done {
@@ -308,12 +307,31 @@ impl<F: Future> Drop for Spawned<F> {
 }
 
 /// Runs a drop of user code, logging a panic instead of unwinding into the loop.
-fn drop_guarded(f: impl FnOnce()) {
+pub(crate) fn drop_guarded(f: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
         log::error!(
             "reseau: dropping a spawned future panicked: {}",
             panic_message(&*payload)
         );
+    }
+}
+
+/// A spawned future as the loop's table, its overflow list and its `JoinHandle` see it
+/// (`Send` futures here, `!Send` ones in [`crate::local`]).
+pub(crate) trait Job: Send + Sync + 'static {
+    /// Polls the future once (`RunReady`), or drops it (`Canceled`: destroy).
+    fn run(self: Arc<Self>, status: TaskStatus);
+    /// Drops the future (it reports `Canceled` unless it finished) and forgets the task.
+    fn close(self: Arc<Self>);
+    /// Marks the future aborted and wakes it, so it is dropped.
+    fn abort(self: Arc<Self>);
+    /// The loop it runs on.
+    fn handle(&self) -> &LoopHandle;
+}
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(cell: Arc<JoinCell<T>>, task: Arc<dyn Job>) -> Self {
+        Self { cell, task }
     }
 }
 
@@ -346,7 +364,7 @@ impl FutureTask {
     }
 
     /// Drops the future (it reports `Canceled` unless it completed) and forgets the task.
-    pub(crate) fn close(self: &Arc<Self>) {
+    fn close_now(self: &Arc<Self>) {
         if let Some(f) = self.take_closed() {
             drop_guarded(|| drop(f));
         }
@@ -356,10 +374,10 @@ impl FutureTask {
     }
 
     /// Polls the future once, on the loop thread (a poll task, or the overflow drain).
-    pub(crate) fn run(self: &Arc<Self>, status: TaskStatus) {
+    fn poll_once(self: &Arc<Self>, status: TaskStatus) {
         if status == TaskStatus::Canceled {
             // Destroy is canceling the loop's tasks.
-            self.close();
+            self.close_now();
             return;
         }
         let mut future = {
@@ -371,7 +389,7 @@ impl FutureTask {
             }
             if st.aborted {
                 drop(st);
-                self.close();
+                self.close_now();
                 return;
             }
             let Some(f) = st.future.take() else { return };
@@ -417,17 +435,36 @@ impl FutureTask {
     /// Schedules a poll task; on a full loop, the overflow list; on a destroyed one, close.
     fn submit(self: &Arc<Self>) {
         let me = self.clone();
-        let refused = match self.handle.schedule_now(move |_, status| me.run(status)) {
+        let refused = match self
+            .handle
+            .schedule_now(move |_, status| me.poll_once(status))
+        {
             Ok(_) => return,
             Err(e) => e.kind,
         };
         if let ScheduleErrorKind::Full { .. } = refused
             && let Some(shared) = self.handle.upgrade()
-            && shared.platform().futures.overflow(&shared, self)
+            && shared.platform().futures.overflow(&shared, self.clone())
         {
             return;
         }
-        self.close();
+        self.close_now();
+    }
+}
+
+impl Job for FutureTask {
+    fn run(self: Arc<Self>, status: TaskStatus) {
+        self.poll_once(status);
+    }
+    fn close(self: Arc<Self>) {
+        self.close_now();
+    }
+    fn abort(self: Arc<Self>) {
+        lock(&self.state).aborted = true;
+        self.wake_by_ref_inner();
+    }
+    fn handle(&self) -> &LoopHandle {
+        &self.handle
     }
 }
 
@@ -444,21 +481,31 @@ impl Wake for FutureTask {
 /// A loop's live futures and its overflow list (in the platform: the loop's shared state).
 #[derive(Default)]
 pub(crate) struct Futures {
-    live: Mutex<HashMap<u64, Arc<FutureTask>>>,
-    overflow: Mutex<Vec<Arc<FutureTask>>>,
+    live: Mutex<HashMap<u64, Arc<dyn Job>>>,
+    overflow: Mutex<Vec<Arc<dyn Job>>>,
     next_key: AtomicU64,
     pub(crate) overflowed: AtomicU64,
 }
 
 impl Futures {
-    fn forget(&self, key: u64) {
+    /// A key for a new future, unique on this loop.
+    pub(crate) fn key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a live future (under a producer guard, or on the driver).
+    pub(crate) fn register(&self, key: u64, job: Arc<dyn Job>) {
+        lock(&self.live).insert(key, job);
+    }
+
+    pub(crate) fn forget(&self, key: u64) {
         let task = lock(&self.live).remove(&key);
         drop(task);
     }
 
     /// Puts a woken future on the overflow list and wakes the loop; `false` when destroy
     /// has begun (the caller drops the future).
-    fn overflow(&self, shared: &Shared, task: &Arc<FutureTask>) -> bool {
+    pub(crate) fn overflow(&self, shared: &Shared, task: Arc<dyn Job>) -> bool {
         let _guard = if shared.engine.is_driver() {
             None
         } else {
@@ -467,7 +514,7 @@ impl Futures {
                 Err(_) => return false,
             }
         };
-        lock(&self.overflow).push(task.clone());
+        lock(&self.overflow).push(task);
         Counters::bump(&self.overflowed, 1);
         shared.platform().wake();
         true
@@ -541,7 +588,7 @@ impl LoopHandle {
         };
         let futures = &shared.platform().futures;
         let cell = Arc::new(JoinCell::new());
-        let key = futures.next_key.fetch_add(1, Ordering::Relaxed);
+        let key = futures.key();
         let task = Arc::new(FutureTask {
             handle: self.clone(),
             key,
@@ -557,10 +604,10 @@ impl LoopHandle {
                 aborted: false,
             }),
         });
-        lock(&futures.live).insert(key, task.clone());
+        futures.register(key, task.clone());
         let me = task.clone();
-        match self.schedule_now(move |_, status| me.run(status)) {
-            Ok(_) => Ok(JoinHandle { cell, task }),
+        match self.schedule_now(move |_, status| me.poll_once(status)) {
+            Ok(_) => Ok(JoinHandle::new(cell, task)),
             Err(e) => {
                 drop(e.task);
                 futures.forget(key);

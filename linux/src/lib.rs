@@ -27,7 +27,8 @@
 //!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).
 //! - Futures ([`futures`]): [`LoopHandle::spawn`] runs a `Send` future on the loop
 //!   ([`JoinHandle`]); [`LoopHandle::sleep`] ([`Sleep`]) waits on the loop's timers;
-//!   [`LoopHandle::async_fd`] ([`AsyncFd`]) awaits a subscribed source's readiness.
+//!   [`LoopHandle::async_fd`] ([`AsyncFd`]) awaits a subscribed source's readiness;
+//!   [`LoopHandle::spawn_local`] runs a `!Send` future on the thread driving the loop.
 //! - [`EventLoopGroup`]: N loops on named threads, balanced by the power of two choices.
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
@@ -44,6 +45,7 @@ mod group;
 mod handle;
 mod io;
 mod load;
+mod local;
 mod platform;
 mod shared;
 mod sleep;
@@ -64,6 +66,7 @@ pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
+pub use local::{LocalSpawnError, LocalSpawnErrorKind};
 pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;

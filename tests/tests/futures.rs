@@ -520,3 +520,164 @@ fn a_future_on_the_overflow_list_is_dropped_by_destroy() {
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert_eq!(j.join(), Err(JoinError::Canceled));
 }
+
+// ---- !Send futures: spawn_local ----
+
+/// Counts its drops, and is `!Send` (an `Rc`).
+struct LocalDrop(std::marker::PhantomData<std::rc::Rc<()>>, Arc<AtomicUsize>);
+
+impl Drop for LocalDrop {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Pending once (waking itself), then ready.
+fn yield_now() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+}
+
+#[test]
+fn spawn_local_runs_a_non_send_future_on_the_driving_thread() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let me = std::thread::current().id();
+    let (tx, rx) = channel();
+    el.schedule_now(move |h, _| {
+        let h2 = h.clone();
+        let j = h.spawn_local(async move {
+            let count = std::rc::Rc::new(std::cell::Cell::new(0));
+            for _ in 0..3 {
+                yield_now().await;
+                assert_eq!(std::thread::current().id(), me);
+                count.set(count.get() + 1);
+            }
+            h2.sleep(Duration::from_millis(1)).await;
+            h2.stop().unwrap();
+            count.get()
+        });
+        tx.send(j.map_err(|e| e.kind)).unwrap();
+    })
+    .unwrap();
+    el.run_here().unwrap();
+    assert_eq!(recv(&rx).unwrap().join(), Ok(3));
+}
+
+#[test]
+fn spawn_local_off_the_driving_thread_is_refused_with_the_future_back() {
+    let el = running(64);
+    let e = el.spawn_local(async { 7 }).unwrap_err();
+    assert_eq!(e.kind, reseau_linux::LocalSpawnErrorKind::NotOnLoopThread);
+    assert_eq!(block_on(e.future), 7);
+}
+
+#[test]
+fn a_local_future_is_dropped_by_its_thread_when_the_loop_thread_exits() {
+    let el = running(64);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Gate::default());
+    let (polled_tx, polled_rx) = channel();
+    let (tx, rx) = channel();
+    let (d, g) = (drops.clone(), gate.clone());
+    el.schedule_now(move |h, _| {
+        let wait = g.wait(polled_tx);
+        let j = h.spawn_local(async move {
+            let _d = LocalDrop(std::marker::PhantomData, d);
+            wait.await;
+        });
+        tx.send(j.map_err(|e| e.kind).unwrap()).unwrap();
+    })
+    .unwrap();
+    let j = recv(&rx);
+    recv(&polled_rx);
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap(); // joins the loop thread
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+    // A wake after a restart lands on the new loop thread: the future is gone; no-op.
+    el.run().unwrap();
+    gate.open();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_local_future_is_dropped_at_once_when_its_own_thread_destroys_the_loop() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = channel();
+    let d = drops.clone();
+    el.schedule_now(move |h, _| {
+        let j = h.spawn_local(async move {
+            let _d = LocalDrop(std::marker::PhantomData, d);
+            std::future::pending::<()>().await;
+        });
+        tx.send(j.map_err(|e| e.kind).unwrap()).unwrap();
+    })
+    .unwrap();
+    let j = loop {
+        if let Ok(j) = rx.try_recv() {
+            break j;
+        }
+        el.turn(Some(Duration::from_millis(10))).unwrap();
+    };
+    // Let its first poll happen.
+    el.turn(Some(Duration::ZERO)).unwrap();
+    el.destroy().unwrap();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+}
+
+#[test]
+fn a_local_future_orphaned_by_a_destroy_elsewhere_resolves_canceled_and_its_thread_drops_it() {
+    let el = Arc::new(Mutex::new(Some(
+        EventLoop::new(EventLoopOptions::default()).unwrap(),
+    )));
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (j_tx, j_rx) = channel();
+    let (exit_tx, exit_rx) = channel::<()>();
+    let owner = {
+        let (el, drops) = (el.clone(), drops.clone());
+        std::thread::spawn(move || {
+            let guard = el.lock().unwrap();
+            let el = guard.as_ref().unwrap();
+            let gate = Arc::new(Gate::default());
+            let (polled_tx, polled_rx) = channel();
+            let wait = gate.clone().wait(polled_tx);
+            el.schedule_now(move |h, _| {
+                let j = h.spawn_local(async move {
+                    let _d = LocalDrop(std::marker::PhantomData, drops);
+                    wait.await;
+                });
+                j_tx.send(j.map_err(|e| e.kind).unwrap()).unwrap();
+            })
+            .unwrap();
+            while polled_rx.try_recv().is_err() {
+                el.turn(Some(Duration::from_millis(10))).unwrap();
+            }
+            drop(guard);
+            recv(&exit_rx);
+            // The thread exits: its thread-local table drops the orphaned future here.
+        })
+    };
+    let j = recv(&j_rx);
+    let mut loop_ = loop {
+        if let Some(l) = el.lock().unwrap().take() {
+            break l;
+        }
+    };
+    loop_.destroy().unwrap();
+    // Resolved by destroy on this thread; the future itself is out of reach here.
+    assert_eq!(j.join(), Err(JoinError::Canceled));
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    exit_tx.send(()).unwrap();
+    owner.join().unwrap();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
