@@ -33,7 +33,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -483,6 +483,8 @@ impl Wake for FutureTask {
 pub(crate) struct Futures {
     live: Mutex<HashMap<u64, Arc<dyn Job>>>,
     overflow: Mutex<Vec<Arc<dyn Job>>>,
+    /// Whether the overflow list may be non-empty: the tick's fast path skips the lock.
+    overflow_hint: AtomicBool,
     next_key: AtomicU64,
     pub(crate) overflowed: AtomicU64,
 }
@@ -515,6 +517,7 @@ impl Futures {
             }
         };
         lock(&self.overflow).push(task);
+        self.overflow_hint.store(true, Ordering::Release);
         Counters::bump(&self.overflowed, 1);
         shared.platform().wake();
         true
@@ -522,6 +525,11 @@ impl Futures {
 
     /// The driver's tick: polls every future on the overflow list (no task slot needed).
     pub(crate) fn drain_overflow(&self) {
+        // The push stores the hint after its push (under the list's lock); a hint seen
+        // late is seen by the next tick, which the pusher's wake guarantees.
+        if !self.overflow_hint.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let list = std::mem::take(&mut *lock(&self.overflow));
         for task in list {
             task.run(TaskStatus::RunReady);

@@ -681,3 +681,77 @@ fn a_local_future_orphaned_by_a_destroy_elsewhere_resolves_canceled_and_its_thre
     owner.join().unwrap();
     assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
+
+// ---- AsyncFd: the readiness bits and the version check ----
+
+/// Polls `f` once with a waker that does nothing.
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    let waker = Waker::noop();
+    Pin::new(f).poll(&mut Context::from_waker(waker))
+}
+
+/// One task round trip: when it returns, the loop has dispatched every event the kernel
+/// had for it when the task was queued (IO dispatch comes before the tick's tasks).
+fn round_trip(h: &LoopHandle) {
+    let (tx, rx) = channel();
+    h.schedule_now(move |_, _| tx.send(()).unwrap()).unwrap();
+    recv(&rx);
+}
+
+#[test]
+fn async_fd_would_block_clears_the_readiness_unless_an_edge_arrived_meanwhile() {
+    let el = running(64);
+    let h = el.handle();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let a = h.async_fd(a, Interest::READABLE).unwrap();
+    b.write_all(b"x").unwrap();
+    round_trip(&h);
+    let mut buf = [0u8; 8];
+    // The edge is stored: readable at once, and the read drains it.
+    assert!(poll_once(&mut a.readable()).is_ready());
+    assert_eq!(
+        a.try_io(Interest::READABLE, |mut s| s.read(&mut buf))
+            .unwrap(),
+        1
+    );
+    // An attempt that would block with no edge meanwhile clears the readiness.
+    let e = a
+        .try_io(Interest::READABLE, |mut s| s.read(&mut buf))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(poll_once(&mut a.readable()).is_pending());
+    // An edge delivered while an attempt runs (between its read and its WouldBlock) is
+    // kept: readable resolves at once instead of waiting for an edge that already came.
+    let e = a
+        .try_io(Interest::READABLE, |mut s| {
+            let r = s.read(&mut buf);
+            b.write_all(b"y").unwrap();
+            round_trip(&h);
+            r
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(poll_once(&mut a.readable()).is_ready());
+    assert_eq!(
+        a.try_io(Interest::READABLE, |mut s| s.read(&mut buf))
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn dropping_an_async_fd_unsubscribes_it() {
+    let el = running(64);
+    let h = el.handle();
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let a = h
+        .async_fd(a, Interest::READABLE | Interest::WRITABLE)
+        .unwrap();
+    assert_eq!(h.subscriptions(), 1);
+    // Off the loop thread while it runs: the unsubscribe goes through a task.
+    drop(a);
+    round_trip(&h);
+    assert_eq!(h.subscriptions(), 0);
+}
