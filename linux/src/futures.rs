@@ -191,7 +191,8 @@ impl<T> JoinHandle<T> {
         self.task.clone().abort();
     }
 
-    /// Blocks the calling thread until the future's outcome is there, and returns it.
+    /// Blocks the calling thread until the future's outcome is there, and returns it. On a
+    /// stopped loop that means until it runs again or is destroyed (which resolves it).
     ///
     /// # Errors
     /// [`JoinError::Canceled`] or [`JoinError::Panicked`] as the future ended;

@@ -755,3 +755,30 @@ fn dropping_an_async_fd_unsubscribes_it() {
     round_trip(&h);
     assert_eq!(h.subscriptions(), 0);
 }
+
+#[test]
+fn a_sleep_on_a_full_loop_retries_until_a_slot_frees_and_never_resolves_early() {
+    let el = running(2);
+    let h = el.handle();
+    let h2 = h.clone();
+    let j = spawn(&h, async move {
+        // Fill the loop from its own thread (a running poll task holds no slot).
+        let far = fill(&h2);
+        let mut sleep = Box::pin(h2.sleep(Duration::from_millis(1)));
+        let deadline = sleep.deadline();
+        // Its timer cannot be scheduled: pending, never ready early. Its retry wake finds
+        // the loop full too, so this future goes on the overflow list.
+        poll_fn(|cx| {
+            assert!(sleep.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let overflowed = h2.stats().futures_overflowed;
+        for t in &far {
+            assert!(h2.cancel(t)); // on the loop thread: the slot frees at once
+        }
+        sleep.await;
+        (h2.now() >= deadline, overflowed)
+    });
+    assert_eq!(j.join(), Ok((true, 1)));
+}
