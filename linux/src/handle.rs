@@ -58,7 +58,7 @@ impl std::fmt::Debug for LoopHandle {
 }
 
 impl LoopHandle {
-    fn upgrade(&self) -> Option<Arc<Shared>> {
+    pub(crate) fn upgrade(&self) -> Option<Arc<Shared>> {
         self.shared.upgrade()
     }
 
@@ -85,7 +85,16 @@ impl LoopHandle {
     /// A snapshot of the loop's counters (all zero once the loop is gone).
     pub fn stats(&self) -> Stats {
         self.upgrade()
-            .map(|s| s.platform().counters.snapshot())
+            .map(|s| {
+                let p = s.platform();
+                Stats {
+                    futures_overflowed: p
+                        .futures
+                        .overflowed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    ..p.counters.snapshot()
+                }
+            })
             .unwrap_or_default()
     }
 

@@ -25,6 +25,10 @@
 //!   event, 16 growing to `max_events`).
 //! - IO: [`LoopHandle::subscribe`] registers an owned, non-blocking source for
 //!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).
+//! - Futures ([`futures`]): [`LoopHandle::spawn`] runs a `Send` future on the loop
+//!   ([`JoinHandle`]); [`LoopHandle::sleep`] ([`Sleep`]) waits on the loop's timers;
+//!   [`LoopHandle::async_fd`] ([`AsyncFd`]) awaits a subscribed source's readiness;
+//!   [`LoopHandle::spawn_local`] runs a `!Send` future on the thread driving the loop.
 //! - [`EventLoopGroup`]: N loops on named threads, balanced by the power of two choices.
 //! - [`sys`]: every syscall, behind the [`sys::Syscalls`] seam, with the descriptor
 //!   creation fallbacks for old kernels and sandboxes.
@@ -52,34 +56,42 @@ macro_rules! log_at {
 }
 pub(crate) use log_at;
 
+mod async_fd;
 mod clock;
 mod error;
 mod event_loop;
 mod fork;
+pub mod futures;
 mod group;
 mod handle;
 mod io;
 mod load;
+mod local;
 mod platform;
 mod shared;
+mod sleep;
 mod stats;
 pub mod sys;
 mod task;
 mod thread_id;
 mod wakeup;
 
+pub use async_fd::{AsyncFd, ReadyFuture};
 pub use clock::{Clock, timeout_ms};
 pub use error::{Error, ScheduleError, ScheduleErrorKind, When};
 pub use event_loop::{EventLoop, EventLoopOptions, MAX_CAPACITY};
+pub use futures::{JoinError, JoinHandle, SpawnError};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
     Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
+pub use local::{LocalSpawnError, LocalSpawnErrorKind};
 pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
+pub use sleep::Sleep;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};

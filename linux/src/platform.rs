@@ -16,6 +16,7 @@ use rustix::io::Errno;
 use crate::clock::{Clock, mono_now, wait_ms};
 use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
+use crate::futures::Futures;
 use crate::handle::LoopHandle;
 use crate::io::{IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
@@ -71,6 +72,8 @@ pub(crate) struct LinuxPlatform {
     pub(crate) loop_error: Mutex<Option<Error>>,
     exit: Mutex<()>,
     exit_cv: Condvar,
+    /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
+    pub(crate) futures: Futures,
 }
 
 impl LinuxPlatform {
@@ -100,6 +103,7 @@ impl LinuxPlatform {
             loop_error: Mutex::new(None),
             exit: Mutex::new(()),
             exit_cv: Condvar::new(),
+            futures: Futures::default(),
         }
     }
 
@@ -239,6 +243,8 @@ impl Platform for LinuxPlatform {
             }
         };
         lock(&self.events).0 = events;
+        // Futures woken while the loop was full: polled here, without a task slot.
+        self.futures.drain_overflow();
         outcome
     }
 
@@ -315,6 +321,6 @@ impl Platform for LinuxPlatform {
             self.deregister(&*entry);
             self.guard("dropping a subscription", || drop(entry));
         }
-        released
+        released + self.futures.close_all()
     }
 }

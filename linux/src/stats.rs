@@ -20,6 +20,9 @@ pub struct Stats {
     pub events_dispatched: u64,
     /// Tasks or callbacks that panicked; the loop caught each and went on.
     pub panics_caught: u64,
+    /// Wakes of spawned futures that found the loop full: each future went on the
+    /// overflow list and was polled in the next tick without a task slot.
+    pub futures_overflowed: u64,
 }
 
 /// A value alone on its cache line (64 bytes on x86_64 and aarch64), so that writes to it
@@ -71,6 +74,7 @@ impl Counters {
             epoll_waits: r(&self.epoll_waits),
             events_dispatched: r(&self.events_dispatched),
             panics_caught: r(&self.panics_caught),
+            futures_overflowed: 0,
         }
     }
 }

@@ -29,6 +29,8 @@ fn in_forked_child(el: EventLoop) -> bool {
         let h = el.handle();
         let e = h.schedule_now(|_, _| ()).unwrap_err();
         assert_eq!(e.kind, ScheduleErrorKind::Forked);
+        let e = h.spawn(async {}).unwrap_err();
+        assert_eq!(e.kind, ScheduleErrorKind::Forked);
         let (mine, _theirs) = UnixStream::pair().unwrap();
         mine.set_nonblocking(true).unwrap();
         let e = h
