@@ -56,6 +56,21 @@ struct CachePadded<T>(T);
 /// Any thread may [`push`](Self::push). [`pop`](Self::pop) is safe from any thread too
 /// (the ring is in fact multi-consumer), but the wake protocol assumes one consumer: the
 /// loop thread. `N` must be a power of two and at least 2 (checked at compile time).
+///
+/// ```
+/// use reseau_core::{Inbox, Wake};
+///
+/// let inbox: Inbox<u32, 2> = Inbox::new();
+/// // The first push after the consumer parked must signal it; the next one need not.
+/// assert_eq!(inbox.push(1).unwrap(), Wake::Needed);
+/// assert_eq!(inbox.push(2).unwrap(), Wake::Coalesced);
+/// // Full: the item comes back, nothing is lost.
+/// assert_eq!(inbox.push(3).unwrap_err().into_inner(), 3);
+/// assert!(!inbox.prepare_park(), "items are waiting: drain before sleeping");
+/// assert_eq!((inbox.pop(), inbox.pop(), inbox.pop()), (Some(1), Some(2), None));
+/// assert!(inbox.prepare_park(), "empty: the consumer may sleep");
+/// assert_eq!(inbox.push(4).unwrap(), Wake::Needed, "and the next push wakes it");
+/// ```
 pub struct Inbox<T, const N: usize> {
     head: CachePadded<AtomicUsize>,
     tail: CachePadded<AtomicUsize>,

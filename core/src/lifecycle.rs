@@ -170,6 +170,25 @@ pub enum StopOutcome {
 }
 
 /// The loop's state machine; see the [module docs](self).
+///
+/// ```
+/// use reseau_core::{Lifecycle, State, StopOutcome};
+///
+/// let life = Lifecycle::new();
+/// life.begin_run().unwrap();
+/// assert!(life.begin_run().is_err(), "only one run wins");
+/// assert_eq!(life.request_stop().unwrap(), StopOutcome::Requested);
+/// assert_eq!(life.request_stop().unwrap(), StopOutcome::AlreadyStopping);
+/// life.loop_exited(); // the loop thread's last step
+/// assert_eq!(life.state(), State::Stopped);
+/// assert!(life.begin_wait(true).is_err(), "the loop thread cannot wait for itself");
+/// life.begin_wait(false).unwrap();
+/// life.finish_wait();
+/// assert_eq!(life.state(), State::Ready, "and it may run again");
+/// life.begin_destroy(false).unwrap();
+/// life.finish_destroy().unwrap();
+/// assert!(life.begin_run().is_err(), "nothing runs after destroy");
+/// ```
 pub struct Lifecycle {
     word: AtomicUsize,
 }

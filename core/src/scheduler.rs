@@ -59,6 +59,28 @@ pub struct Batch {
 /// plus `4 * N` bytes of heap indices, all inline. [`new`](Self::new) is `const`, so a
 /// scheduler can live in a `static`; [`init_in`](Self::init_in) builds one in place (in a
 /// `Box::new_uninit()`, say) without a full-size temporary on the stack.
+///
+/// ```
+/// use reseau_core::{Scheduler, TaskStatus};
+///
+/// // Tasks are plain values here; a full scheduler hands the task back.
+/// let mut s: Scheduler<&str, 4> = Scheduler::new();
+/// s.schedule_at("late", 20).unwrap();
+/// s.schedule_at("early", 10).unwrap();
+/// let dropped = s.schedule_now("dropped").unwrap();
+/// s.schedule_now("now").unwrap();
+/// assert_eq!(s.schedule_now("fifth").unwrap_err().into_inner(), "fifth");
+/// assert_eq!(s.cancel(dropped), Some("dropped"));
+/// assert_eq!(s.next_deadline(), Some(0), "a ready task is due at once");
+///
+/// let mut ran = Vec::new();
+/// s.run_due(15, |_, task, status| {
+///     assert_eq!(status, TaskStatus::RunReady);
+///     ran.push(task);
+/// });
+/// assert_eq!(ran, ["now", "early"], "ready tasks first, then timers by deadline");
+/// assert_eq!(s.next_deadline(), Some(20));
+/// ```
 #[derive(Debug)]
 pub struct Scheduler<T, const N: usize> {
     /// Slots `0..used` have been handed out at least once; the rest were never used.

@@ -294,6 +294,19 @@ impl EventLoop {
 
     /// Starts the loop thread.
     ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    ///
+    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// assert!(el.run().is_err(), "already running");
+    /// el.stop()?;
+    /// el.wait_for_stop_completion()?;
+    /// el.run()?; // a stopped and waited-for loop runs again
+    /// el.destroy()?;
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// The loop is running, stopping, stopped and not yet waited for, or destroyed
     /// (invalid state); the wakeup could not be registered with epoll; the thread could not
@@ -335,6 +348,24 @@ impl EventLoop {
     ///
     /// Tasks must be `Send` in this mode too: a slot may be drained by whichever thread
     /// drives or destroys the loop, so a `!Send` task could not be made sound.
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    /// use std::time::Duration;
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// let h = el.handle();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// h.schedule_at(h.now() + 1_000_000, move |_, _| tx.send(()).unwrap())?;
+    /// // An outer poller would wait on `el.as_fd()` for at most `next`.
+    /// let mut next = el.turn(Some(Duration::ZERO))?;
+    /// assert!(next.is_some_and(|d| d <= Duration::from_millis(1)));
+    /// while rx.try_recv().is_err() {
+    ///     next = el.turn(next)?;
+    /// }
+    /// assert_eq!(next, None, "nothing left to wait for");
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     ///
     /// # Errors
     /// The loop runs on its own thread, or is destroyed (invalid state); `epoll_wait`

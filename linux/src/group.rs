@@ -72,6 +72,22 @@ struct State {
 /// `Send + Sync`: share it (e.g. in an `Arc`) and call [`next_loop`](Self::next_loop) or
 /// [`shutdown`](Self::shutdown) from any thread. Dropping it shuts it down (see
 /// [`Drop`](#impl-Drop-for-EventLoopGroup)).
+///
+/// ```
+/// use reseau_linux::{EventLoopGroup, EventLoopGroupOptions, ShutdownOutcome};
+///
+/// let group = EventLoopGroup::new(EventLoopGroupOptions { loops: 2, ..Default::default() })?;
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// for _ in 0..4 {
+///     let tx = tx.clone();
+///     // The less loaded of two loops drawn at random.
+///     group.next_loop().schedule_now(move |h, _| tx.send(h.loop_id()).unwrap())?;
+/// }
+/// let ids: Vec<u64> = (0..4).map(|_| rx.recv().unwrap()).collect();
+/// assert!(ids.iter().all(|id| (0..2).any(|i| group.loop_at(i).unwrap().loop_id() == *id)));
+/// assert_eq!(group.shutdown(None)?, ShutdownOutcome::Done);
+/// # Ok::<(), reseau_linux::Error>(())
+/// ```
 pub struct EventLoopGroup {
     /// Weak handles, one per loop, readable without a lock; they stay valid (and refuse
     /// everything) after shutdown.

@@ -112,6 +112,25 @@ impl LoopHandle {
     /// the order the calls linearize. A task scheduled on a stopped loop runs after the next
     /// `run`, or is canceled at destroy.
     ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+    ///
+    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// for i in 0..3 {
+    ///     let tx = tx.clone();
+    ///     el.handle().schedule_now(move |_, status| {
+    ///         assert_eq!(status, TaskStatus::RunReady);
+    ///         tx.send(i).unwrap();
+    ///     })?;
+    /// }
+    /// // One thread's schedules run in the order they were made.
+    /// assert_eq!([rx.recv().unwrap(), rx.recv().unwrap(), rx.recv().unwrap()], [0, 1, 2]);
+    /// el.destroy()?;
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// The loop holds its capacity of pending tasks, or destroy has begun: the task is in
     /// the error, never run.
@@ -137,6 +156,20 @@ impl LoopHandle {
     /// Schedules `f` to run on the loop thread at `deadline` (nanoseconds of the loop's
     /// clock, see [`now`](Self::now)); never earlier. Equal deadlines run in submission
     /// order; a past deadline runs in the next tick.
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    ///
+    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let h = el.handle();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let deadline = h.now() + 2_000_000; // 2 ms on the loop's clock
+    /// h.schedule_at(deadline, move |h, _| tx.send(h.now()).unwrap())?;
+    /// assert!(rx.recv().unwrap() >= deadline, "never early");
+    /// el.destroy()?;
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`schedule_now`](Self::schedule_now).
@@ -189,6 +222,21 @@ impl LoopHandle {
     /// destroy) — and this returns `true`. Returns `false`, a no-op, when the task has
     /// already run or been canceled, or the handle is of another loop (or the loop was
     /// inherited through `fork`: see [`Error::Forked`]).
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+    ///
+    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
+    /// let h = el.handle();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let far = h.schedule_at(u64::MAX, move |_, status| tx.send(status).unwrap())?;
+    /// assert!(h.cancel(&far), "this call won: the task will run Canceled");
+    /// assert!(!h.cancel(&far), "a second cancel is a no-op");
+    /// el.run()?;
+    /// assert_eq!(rx.recv().unwrap(), TaskStatus::Canceled);
+    /// el.destroy()?;
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     pub fn cancel(&self, task: &TaskHandle) -> bool {
         match self.upgrade() {
             Some(shared) if !shared.inherited() => shared.engine.cancel(self, task.0),
@@ -202,6 +250,33 @@ impl LoopHandle {
     /// The subscription owns the source until [`unsubscribe`](Self::unsubscribe) hands it
     /// back, the callback returns [`IoControl::Unsubscribe`] (the source is dropped), or the
     /// loop is destroyed (dropped). From any thread, running or not.
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let (ours, mut theirs) = UnixStream::pair()?;
+    /// ours.set_nonblocking(true)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// el.handle()
+    ///     .subscribe(ours, Interest::READABLE, move |_, sock, readiness| {
+    ///         assert!(readiness.is_readable());
+    ///         let mut buf = [0; 16];
+    ///         // Edge-triggered: read until WouldBlock.
+    ///         while let Ok(n @ 1..) = sock.read(&mut buf) {
+    ///             tx.send(buf[..n].to_vec()).unwrap();
+    ///         }
+    ///         IoControl::Keep
+    ///     })
+    ///     .expect("subscribe");
+    /// theirs.write_all(b"ping")?;
+    /// assert_eq!(rx.recv().unwrap(), b"ping");
+    /// el.destroy()?; // drops the subscription and its socket
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// The source is blocking, the interest empty, the descriptor already subscribed here
