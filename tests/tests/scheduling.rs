@@ -433,10 +433,50 @@ fn c15_a_burst_of_cross_thread_schedules_loses_no_wakeup_and_coalesces() {
     let stats = h.stats();
     eprintln!("burst of {TASKS}: {stats:?}");
     assert_eq!(stats.tasks_run as usize, TASKS);
+    // How often a free-running loop parks between pushes depends on the scheduling of two
+    // threads (a loop that keeps up parks, and the next push must wake it): a loose bound
+    // here (1,765 per 100,000 was seen on a loaded 2-core machine; the benchmark reports
+    // the figure), and an exact one below, where the loop cannot park.
     assert!(
-        (stats.wakeups_written as usize) * 100 < TASKS,
+        (stats.wakeups_written as usize) * 10 < TASKS,
         "{} wakeups written for {TASKS} tasks: {stats:?}",
         stats.wakeups_written
+    );
+    el.destroy().unwrap();
+}
+
+#[test]
+fn c15_pushes_while_the_loop_is_busy_write_at_most_one_wakeup() {
+    const TASKS: usize = 10_000;
+    let mut el = EventLoop::new(EventLoopOptions {
+        capacity: 16384,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    let hold = reseau_tests::util::hold_loop(&h, |_| {});
+    let before = h.stats().wakeups_written;
+    let count = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = channel();
+    for _ in 0..TASKS {
+        let (count, tx) = (count.clone(), tx.clone());
+        h.schedule_now(move |_, _| {
+            if count.fetch_add(1, Ordering::SeqCst) + 1 == TASKS {
+                tx.send(()).unwrap();
+            }
+        })
+        .map_err(|e| e.kind)
+        .unwrap();
+    }
+    let during = h.stats().wakeups_written - before;
+    hold.release();
+    recv(&rx);
+    // The loop was awake (running the holding task): the first push may still signal
+    // (nobody had signaled since its last park), every later one is coalesced.
+    assert!(
+        during <= 1,
+        "{during} wakeups written for {TASKS} pushes to a busy loop"
     );
     el.destroy().unwrap();
 }
