@@ -84,7 +84,7 @@ pub use futures::{JoinError, JoinHandle, SpawnError};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
-    Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
+    Interest, IoControl, ModifyError, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
 pub use local::{LocalSpawnError, LocalSpawnErrorKind};

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
 use crate::futures::Futures;
 use crate::handle::LoopHandle;
-use crate::io::{IoControl, Readiness, Slab, Source, Subscription};
+use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
 use crate::stats::Counters;
 use crate::sys::{Backend, SysError, Syscalls};
@@ -161,6 +161,29 @@ impl LinuxPlatform {
         }
     }
 
+    /// Applies an interest change recorded while `sub`'s callback ran (`LoopHandle::modify`
+    /// from the callback itself, or from another thread meanwhile). Nobody waits for it, so
+    /// a failure is logged and counted as a failed syscall; the previous interest stays.
+    fn apply_deferred_modify(&self, subs: &Slab, sub: Subscription, interest: Interest) {
+        let Found::Active(entry) = subs.find(sub) else {
+            return;
+        };
+        let result = self.guard("a source's as_fd", || {
+            self.sys.epoll_mod(
+                self.epoll.as_fd(),
+                entry.fd(),
+                sub.token(),
+                interest.epoll_flags(),
+            )
+        });
+        if let Some(Err(errno)) = result {
+            crate::log_at!(
+                error,
+                "reseau: epoll_ctl(MOD) of a deferred interest change failed with {errno}; the previous interest is kept"
+            );
+        }
+    }
+
     /// Runs the callback of the subscription behind `token`, if it is still live.
     fn dispatch_io(&self, cx: &LoopHandle, token: u64, readiness: Readiness) {
         let sub = Subscription::from_token(cx.loop_id(), token);
@@ -171,7 +194,12 @@ impl LinuxPlatform {
             .guard("an IO callback", || entry.dispatch(cx, readiness))
             .unwrap_or(IoControl::Keep);
         match control {
-            IoControl::Keep => lock(&self.subs).put_back(sub, entry),
+            IoControl::Keep => {
+                let mut subs = lock(&self.subs);
+                if let Some(interest) = subs.put_back(sub, entry) {
+                    self.apply_deferred_modify(&subs, sub, interest);
+                }
+            }
             IoControl::Unsubscribe => {
                 self.deregister(&*entry);
                 lock(&self.subs).release_in_callback(sub);

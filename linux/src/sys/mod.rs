@@ -183,6 +183,17 @@ pub trait Syscalls: Send + Sync + 'static {
             timeout.as_ref(),
         )
     }
+
+    /// `epoll_ctl(EPOLL_CTL_MOD)`: changes a registration's event mask (and data).
+    fn epoll_mod(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
+        data: u64,
+        flags: epoll::EventFlags,
+    ) -> rustix::io::Result<()> {
+        epoll::modify(epoll_fd, fd, epoll::EventData::new_u64(data), flags)
+    }
 }
 
 /// The kernel itself.
