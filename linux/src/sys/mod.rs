@@ -22,6 +22,7 @@
 //! uses `F_SETFD`, and the flags are checked by tests with `fcntl`.
 
 pub mod legacy;
+pub(crate) mod signal;
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
