@@ -170,7 +170,8 @@ impl fmt::Debug for Readiness {
     }
 }
 
-/// What a subscription callback tells the loop.
+/// What a subscription callback tells the loop. A callback that panics counts as `Keep`
+/// under the default [`PanicPolicy::Catch`](crate::PanicPolicy::Catch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoControl {
     /// Keep the subscription.
@@ -245,9 +246,9 @@ impl<S> fmt::Debug for SubscribeError<S> {
     }
 }
 
-impl<S> fmt::Display for SubscribeError<S> {
+impl fmt::Display for SubscribeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
+        match self {
             SubscribeErrorKind::Blocking => f.write_str(
                 "subscribe refused: the descriptor is blocking (edge-triggered readiness needs O_NONBLOCK)",
             ),
@@ -264,7 +265,15 @@ impl<S> fmt::Display for SubscribeError<S> {
     }
 }
 
+impl<S> fmt::Display for SubscribeError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
 impl<S> std::error::Error for SubscribeError<S> {}
+
+impl std::error::Error for SubscribeErrorKind {}
 
 /// Why an unsubscribe was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,6 +67,7 @@ mod handle;
 mod io;
 mod load;
 mod local;
+mod panics;
 mod platform;
 mod shared;
 pub mod signals;
@@ -89,6 +90,7 @@ pub use io::{
     UnsubscribeError,
 };
 pub use local::{LocalSpawnError, LocalSpawnErrorKind};
+pub use panics::PanicPolicy;
 pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;

@@ -74,6 +74,8 @@ pub(crate) struct LinuxPlatform {
     exit_cv: Condvar,
     /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
     pub(crate) futures: Futures,
+    /// What [`guard`](Self::guard) does after a caught panic.
+    on_panic: crate::panics::PanicPolicy,
 }
 
 impl LinuxPlatform {
@@ -104,6 +106,7 @@ impl LinuxPlatform {
             exit: Mutex::new(()),
             exit_cv: Condvar::new(),
             futures: Futures::default(),
+            on_panic: options.on_panic,
         }
     }
 
@@ -131,16 +134,18 @@ impl LinuxPlatform {
         Ok(())
     }
 
-    /// Runs user code under the panic guard, counting and logging a panic with its message.
+    /// Runs user code under the panic guard, counting and logging a panic with its message;
+    /// under `PanicPolicy::Abort` it aborts instead.
     pub(crate) fn guard<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => Some(r),
             Err(payload) => {
                 Counters::bump(&self.counters.panics_caught, 1);
+                let message = panic_message(&*payload);
+                crate::panics::after_panic(self.on_panic, what, message);
                 crate::log_at!(
                     error,
-                    "reseau: {what} panicked: {}; the loop goes on",
-                    panic_message(&*payload)
+                    "reseau: {what} panicked: {message}; the loop goes on"
                 );
                 None
             }

@@ -203,12 +203,7 @@ impl fmt::Display for SignalError {
             }
             SignalError::EmptySet => f.write_str("subscribe_signals: the signal set is empty"),
             SignalError::Sys(e) => write!(f, "subscribe_signals: {e}"),
-            SignalError::Subscribe(kind) => {
-                write!(
-                    f,
-                    "subscribe_signals: subscribing the signalfd was refused: {kind:?}"
-                )
-            }
+            SignalError::Subscribe(kind) => write!(f, "subscribe_signals: {kind}"),
             SignalError::Schedule(kind) => write!(
                 f,
                 "subscribe_signals: blocking the signals on the loop thread could not be scheduled: {kind}"

@@ -235,6 +235,20 @@ fn forked() {
     );
 }
 
+fn abort_in_signal_callback() {
+    let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
+    let el = EventLoop::new(options).unwrap();
+    let _signals = el
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {
+            panic!("boom in a signal callback")
+        })
+        .unwrap();
+    el.run().unwrap();
+    send(Signal::USR1);
+    std::thread::sleep(reseau_tests::util::GUARD); // failure guard: the abort comes first
+    panic!("the loop did not abort");
+}
+
 fn main() {
     let scenario = std::env::args().nth(1).expect("a scenario");
     match scenario.as_str() {
@@ -246,6 +260,7 @@ fn main() {
         "child_mask" => child_mask(),
         "signalfd_refused" => signalfd_refused(),
         "forked" => forked(),
+        "abort_in_signal_callback" => abort_in_signal_callback(),
         other => panic!("unknown scenario {other}"),
     }
     println!("ok {scenario}");
