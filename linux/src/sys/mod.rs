@@ -2,7 +2,9 @@
 //!
 //! Every syscall reseau makes goes through the [`Syscalls`] trait. [`RealSyscalls`] is the
 //! kernel; tests implement the trait over it to force a fallback or inject an errno
-//! in-process (see `EventLoopOptions::syscalls`).
+//! in-process (see `EventLoopOptions::syscalls`). The signal calls (`pthread_sigmask`,
+//! `signalfd4`, in `signal`) are the exception: they go straight to libc, and their
+//! failures are tested under seccomp.
 //!
 //! # Descriptor creation
 //! Preference chains, each step taken only when the one before fails with `ENOSYS` or
