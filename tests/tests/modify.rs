@@ -195,3 +195,33 @@ fn epoll_ctl_mod_refused_surfaces_the_errno_and_the_old_interest_still_works() {
     let r = recv(&rx);
     assert!(r.is_readable(), "{r:?}");
 }
+
+#[test]
+fn modify_from_another_thread_during_the_callback_is_applied_when_it_returns() {
+    let el = running();
+    let (a, mut peer) = pair();
+    let (entered_tx, entered_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    let (tx, rx) = channel();
+    let sub = el
+        .subscribe(a, Interest::READABLE, move |_, s, r| {
+            drain(s);
+            if r.is_readable() {
+                entered_tx.send(()).unwrap();
+                recv(&release_rx); // held until the test thread has called modify
+            }
+            tx.send(r).unwrap();
+            IoControl::Keep
+        })
+        .map_err(|e| e.kind)
+        .unwrap();
+    peer.write_all(b"x").unwrap();
+    recv(&entered_rx);
+    // The entry is out for its callback: recorded, not applied yet.
+    el.modify(&sub, Interest::WRITABLE).unwrap();
+    release_tx.send(()).unwrap();
+    let first = recv(&rx);
+    assert!(first.is_readable(), "{first:?}");
+    let second = recv(&rx);
+    assert!(second.is_writable() && !second.is_readable(), "{second:?}");
+}
