@@ -174,6 +174,16 @@ impl<T> fmt::Debug for Refused<T> {
     }
 }
 
+impl<T> fmt::Display for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "schedule refused ({}); the task is handed back",
+            self.kind
+        )
+    }
+}
+
 /// Deliberately broken variants of the engine's protocols, compiled only for loom builds:
 /// the canaries proving that the loom models catch each kind of defect (see
 /// `loom-tests/README.md`). Never use them.
@@ -226,6 +236,17 @@ pub enum DriveError<E> {
     Panicked,
 }
 
+impl<E: fmt::Display> fmt::Display for DriveError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriveError::Lifecycle(e) => e.fmt(f),
+            DriveError::NotStarted => f.write_str("drive: called without a successful start"),
+            DriveError::Platform(e) => write!(f, "the loop stopped: its platform failed: {e}"),
+            DriveError::Panicked => f.write_str("the loop stopped: it panicked outside a task"),
+        }
+    }
+}
+
 /// Why [`Engine::start`] failed; the loop stays ready to run.
 #[derive(Debug)]
 pub enum StartError<E> {
@@ -233,6 +254,15 @@ pub enum StartError<E> {
     Lifecycle(LifecycleError),
     /// The caller's spawn failed; concurrent waiters were woken.
     Spawn(E),
+}
+
+impl<E: fmt::Display> fmt::Display for StartError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Lifecycle(e) => e.fmt(f),
+            StartError::Spawn(e) => write!(f, "run: starting the driver failed: {e}"),
+        }
+    }
 }
 
 /// Why [`Engine::destroy`] did not finish.
@@ -243,6 +273,17 @@ pub enum DestroyError {
     /// The driver outlived the timeout: nothing was released; the driver tears the loop
     /// down itself at its exit.
     Abandoned,
+}
+
+impl fmt::Display for DestroyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestroyError::Lifecycle(e) => e.fmt(f),
+            DestroyError::Abandoned => f.write_str(
+                "destroy: the driver outlived the timeout; nothing was released (it tears the loop down at its exit)",
+            ),
+        }
+    }
 }
 
 impl From<LifecycleError> for DestroyError {

@@ -24,6 +24,14 @@ pub enum Error {
     InvalidOption(&'static str),
     /// An unsubscribe was refused.
     Unsubscribe(crate::io::UnsubscribeError),
+    /// A subscribe was refused (the kind only: converting a
+    /// [`SubscribeError`](crate::SubscribeError) with `?` drops the source it handed back,
+    /// closing it; take `e.source` first to keep it).
+    Subscribe(crate::io::SubscribeErrorKind),
+    /// An interest change was refused.
+    Modify(crate::io::ModifyError),
+    /// A signal subscription was refused.
+    Signal(crate::signals::SignalError),
     /// Destroy gave up waiting for the loop thread to exit (a task is still running); no
     /// descriptor was closed: the loop thread keeps them, cancels what remains and closes
     /// them itself when it exits.
@@ -48,6 +56,9 @@ impl fmt::Display for Error {
             Error::Spawn(e) => write!(f, "spawning a thread failed: {e}"),
             Error::InvalidOption(what) => write!(f, "invalid option: {what}"),
             Error::Unsubscribe(e) => e.fmt(f),
+            Error::Subscribe(kind) => kind.fmt(f),
+            Error::Modify(e) => e.fmt(f),
+            Error::Signal(e) => e.fmt(f),
             Error::LoopThreadAlive => f.write_str(
                 "destroy: the loop thread is still alive after the teardown timeout; nothing was closed",
             ),
@@ -67,6 +78,9 @@ impl std::error::Error for Error {
             Error::Sys(e) => Some(e),
             Error::InvalidState(e) => Some(e),
             Error::Unsubscribe(e) => Some(e),
+            Error::Subscribe(kind) => Some(kind),
+            Error::Modify(e) => Some(e),
+            Error::Signal(e) => Some(e),
             Error::Spawn(e) => Some(e),
             _ => None,
         }
@@ -82,6 +96,32 @@ impl From<SysError> for Error {
 impl From<LifecycleError> for Error {
     fn from(e: LifecycleError) -> Self {
         Error::InvalidState(e)
+    }
+}
+
+impl From<crate::io::UnsubscribeError> for Error {
+    fn from(e: crate::io::UnsubscribeError) -> Self {
+        Error::Unsubscribe(e)
+    }
+}
+
+impl<S> From<crate::io::SubscribeError<S>> for Error {
+    /// Keeps why; the source handed back is dropped (closed). Take `e.source` first to
+    /// keep it.
+    fn from(e: crate::io::SubscribeError<S>) -> Self {
+        Error::Subscribe(e.kind)
+    }
+}
+
+impl From<crate::io::ModifyError> for Error {
+    fn from(e: crate::io::ModifyError) -> Self {
+        Error::Modify(e)
+    }
+}
+
+impl From<crate::signals::SignalError> for Error {
+    fn from(e: crate::signals::SignalError) -> Self {
+        Error::Signal(e)
     }
 }
 

@@ -26,6 +26,7 @@ use reseau_core::{DestroyError, DriveError, Operation, StartError, State};
 use crate::clock::Clock;
 use crate::error::Error;
 pub(crate) use crate::handle::LoopHandle;
+use crate::panics::PanicPolicy;
 use crate::platform::{LinuxPlatform, lock};
 use crate::shared::{Shared, alloc_slots, destroyed_error, next_loop_id};
 use crate::sys::{self, Backend, RealSyscalls, Syscalls};
@@ -64,6 +65,9 @@ pub struct EventLoopOptions {
     /// If the thread cannot be created with it, [`EventLoop::run`] returns
     /// [`Error::Spawn`] and the loop stays ready.
     pub stack_size: Option<usize>,
+    /// What the loop does after user code panics (default [`PanicPolicy::Catch`]: log,
+    /// count, go on; see [`PanicPolicy`]).
+    pub on_panic: PanicPolicy,
 }
 
 impl Default for EventLoopOptions {
@@ -78,6 +82,7 @@ impl Default for EventLoopOptions {
             max_events: 1024,
             cpu: None,
             stack_size: None,
+            on_panic: PanicPolicy::Catch,
         }
     }
 }
@@ -93,7 +98,16 @@ impl std::fmt::Debug for EventLoopOptions {
             .field("max_events", &self.max_events)
             .field("cpu", &self.cpu)
             .field("stack_size", &self.stack_size)
+            .field("on_panic", &self.on_panic)
             .finish_non_exhaustive()
+    }
+}
+
+impl EventLoopOptions {
+    /// These options with [`on_panic`](Self::on_panic) set to `policy`.
+    pub fn on_panic(mut self, policy: PanicPolicy) -> Self {
+        self.on_panic = policy;
+        self
     }
 }
 

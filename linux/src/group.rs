@@ -333,8 +333,12 @@ impl Drop for EventLoopGroup {
         if on_loop || h.thread().id() == std::thread::current().id() {
             return;
         }
-        if h.join().is_err() {
-            crate::log_at!(error, "reseau: the group shutdown thread panicked");
+        if let Err(payload) = h.join() {
+            crate::log_at!(
+                error,
+                "reseau: the group shutdown thread panicked: {}",
+                crate::platform::panic_message(&*payload)
+            );
         }
     }
 }

@@ -9,8 +9,8 @@ use rustix::io::Errno;
 use crate::clock::Clock;
 use crate::error::{Error, ScheduleError, ScheduleErrorKind, When};
 use crate::io::{
-    Entry, Found, Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
-    UnsubscribeError,
+    Entry, Found, Interest, IoControl, ModifyError, Readiness, SubscribeError, SubscribeErrorKind,
+    Subscription, UnsubscribeError,
 };
 use crate::platform::lock;
 use crate::shared::{Shared, destroyed_error};
@@ -410,6 +410,66 @@ impl LoopHandle {
             .into_source()
             .downcast::<S>()
             .unwrap_or_else(|_| unreachable!("type checked above")))
+    }
+
+    /// Changes what a subscription wants to hear about (`EPOLL_CTL_MOD`, still
+    /// edge-triggered, with hang-up and error always reported). From any thread, running or
+    /// not, and from the subscription's own callback.
+    ///
+    /// While the subscription's callback runs (it is the caller, or another thread raced
+    /// it), its source is out of the loop's hands: the change is recorded and applied when
+    /// the callback returns `IoControl::Keep` (the last change recorded wins; returning
+    /// `Unsubscribe` discards it), and this returns `Ok`. A deferred `epoll_ctl` failure is
+    /// logged, not returned. Otherwise the change is made before this returns. A changed
+    /// registration reports the current state again: an fd already writable fires
+    /// `WRITABLE` once after a change to `WRITABLE`.
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl};
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// let (read, _write) = reseau_linux::sys::nonblocking_pipe()?;
+    /// let sub = el.subscribe(read, Interest::READABLE, |_, _, _| IoControl::Keep)
+    ///     .map_err(|e| e.kind)
+    ///     .unwrap();
+    /// el.modify(&sub, Interest::READABLE | Interest::WRITABLE)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// See [`ModifyError`]: a stale, foreign or removed subscription, an empty interest, a
+    /// destroyed or forked loop, or `epoll_ctl(MOD)` failing (the previous interest stays).
+    pub fn modify(&self, sub: &Subscription, interest: Interest) -> Result<(), ModifyError> {
+        if interest.is_empty() {
+            return Err(ModifyError::EmptyInterest);
+        }
+        let shared = self.upgrade().ok_or(ModifyError::Destroyed)?;
+        if shared.inherited() {
+            return Err(ModifyError::Forked);
+        }
+        let platform = shared.platform();
+        let mut subs = lock(&platform.subs);
+        match subs.find(*sub) {
+            Found::Missing => Err(ModifyError::NotSubscribed),
+            Found::InCallback => {
+                subs.defer_modify(*sub, interest);
+                Ok(())
+            }
+            Found::Active(entry) => platform
+                .sys
+                .epoll_mod(
+                    platform.epoll.as_fd(),
+                    entry.fd(),
+                    sub.token(),
+                    interest.epoll_flags(),
+                )
+                .map_err(|errno| {
+                    ModifyError::Sys(SysError {
+                        call: "epoll_ctl(MOD)",
+                        errno,
+                    })
+                }),
+        }
     }
 
     /// How many subscriptions are live on the loop.

@@ -170,7 +170,8 @@ impl fmt::Debug for Readiness {
     }
 }
 
-/// What a subscription callback tells the loop.
+/// What a subscription callback tells the loop. A callback that panics counts as `Keep`
+/// under the default [`PanicPolicy::Catch`](crate::PanicPolicy::Catch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoControl {
     /// Keep the subscription.
@@ -245,9 +246,9 @@ impl<S> fmt::Debug for SubscribeError<S> {
     }
 }
 
-impl<S> fmt::Display for SubscribeError<S> {
+impl fmt::Display for SubscribeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
+        match self {
             SubscribeErrorKind::Blocking => f.write_str(
                 "subscribe refused: the descriptor is blocking (edge-triggered readiness needs O_NONBLOCK)",
             ),
@@ -264,7 +265,15 @@ impl<S> fmt::Display for SubscribeError<S> {
     }
 }
 
+impl<S> fmt::Display for SubscribeError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
 impl<S> std::error::Error for SubscribeError<S> {}
+
+impl std::error::Error for SubscribeErrorKind {}
 
 /// Why an unsubscribe was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +308,49 @@ impl fmt::Display for UnsubscribeError {
 }
 
 impl std::error::Error for UnsubscribeError {}
+
+/// Why [`LoopHandle::modify`](crate::LoopHandle::modify) was refused; the subscription's
+/// interest is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModifyError {
+    /// Not a live subscription of this loop (never was, already removed, stale, or of
+    /// another loop).
+    NotSubscribed,
+    /// The new interest was empty.
+    EmptyInterest,
+    /// The loop is gone (destroyed and dropped).
+    Destroyed,
+    /// The loop was inherited through `fork` (see [`Error::Forked`](crate::Error::Forked)).
+    Forked,
+    /// `epoll_ctl(MOD)` failed; the registration keeps its previous interest.
+    Sys(SysError),
+}
+
+impl fmt::Display for ModifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModifyError::NotSubscribed => f.write_str("modify: not subscribed on this loop"),
+            ModifyError::EmptyInterest => f.write_str("modify refused: empty interest"),
+            ModifyError::Destroyed => f.write_str("modify refused: the loop is destroyed"),
+            ModifyError::Forked => f.write_str(
+                "modify refused: the loop was inherited through fork and belongs to the parent",
+            ),
+            ModifyError::Sys(e) => {
+                write!(f, "modify failed: {e}; the previous interest is kept")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ModifyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModifyError::Sys(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The type-erased subscription: its source and callback.
 pub(crate) trait Source: Send {
@@ -343,6 +395,9 @@ enum SlotState {
 struct Slot {
     generation: u32,
     state: SlotState,
+    /// An interest change asked for while the entry was out for its callback, applied
+    /// (`EPOLL_CTL_MOD`) when the callback returns.
+    pending: Option<Interest>,
 }
 
 /// The subscriptions of one loop, indexed by [`Subscription`].
@@ -385,6 +440,7 @@ impl Slab {
             };
             self.free = next;
             slot.state = SlotState::Active(entry);
+            slot.pending = None;
             return Subscription {
                 loop_id: self.loop_id,
                 index,
@@ -396,6 +452,7 @@ impl Slab {
         self.slots.push(Slot {
             generation: 0,
             state: SlotState::Active(entry),
+            pending: None,
         });
         Subscription {
             loop_id: self.loop_id,
@@ -458,10 +515,34 @@ impl Slab {
         }
     }
 
-    /// Puts an entry back after its callback.
-    pub(crate) fn put_back(&mut self, sub: Subscription, entry: Box<dyn Source>) {
-        if let Some(slot) = self.slots.get_mut(sub.index as usize) {
-            slot.state = SlotState::Active(entry);
+    /// Puts an entry back after its callback; returns the interest change recorded while
+    /// it was out (see [`Slab::defer_modify`]), if any.
+    pub(crate) fn put_back(
+        &mut self,
+        sub: Subscription,
+        entry: Box<dyn Source>,
+    ) -> Option<Interest> {
+        let slot = self.slots.get_mut(sub.index as usize)?;
+        slot.state = SlotState::Active(entry);
+        slot.pending.take()
+    }
+
+    /// Records an interest change for a subscription whose entry is out for its callback;
+    /// the last one recorded wins. False if `sub` is not in its callback.
+    pub(crate) fn defer_modify(&mut self, sub: Subscription, interest: Interest) -> bool {
+        if sub.loop_id != self.loop_id {
+            return false;
+        }
+        match self
+            .slots
+            .get_mut(sub.index as usize)
+            .filter(|s| s.generation == sub.generation)
+        {
+            Some(slot) if matches!(slot.state, SlotState::InCallback) => {
+                slot.pending = Some(interest);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -469,6 +550,7 @@ impl Slab {
     pub(crate) fn release_in_callback(&mut self, sub: Subscription) {
         if let Some(slot) = self.slots.get_mut(sub.index as usize) {
             slot.state = SlotState::Free { next: self.free };
+            slot.pending = None;
             slot.generation = slot.generation.wrapping_add(1);
             self.free = sub.index;
             self.len -= 1;

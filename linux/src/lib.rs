@@ -67,8 +67,10 @@ mod handle;
 mod io;
 mod load;
 mod local;
+mod panics;
 mod platform;
 mod shared;
+pub mod signals;
 mod sleep;
 mod stats;
 pub mod sys;
@@ -84,13 +86,15 @@ pub use futures::{JoinError, JoinHandle, SpawnError};
 pub use group::{EventLoopGroup, EventLoopGroupOptions, ShutdownCallback, ShutdownOutcome};
 pub use handle::LoopHandle;
 pub use io::{
-    Interest, IoControl, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
+    Interest, IoControl, ModifyError, Readiness, SubscribeError, SubscribeErrorKind, Subscription,
     UnsubscribeError,
 };
 pub use local::{LocalSpawnError, LocalSpawnErrorKind};
+pub use panics::PanicPolicy;
 pub use reseau_core::INLINE_BYTES;
 pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
+pub use signals::{SignalError, SignalInfo, SignalSet, Signals};
 pub use sleep::Sleep;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
 use crate::futures::Futures;
 use crate::handle::LoopHandle;
-use crate::io::{IoControl, Readiness, Slab, Source, Subscription};
+use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
 use crate::stats::Counters;
 use crate::sys::{Backend, SysError, Syscalls};
@@ -74,6 +74,8 @@ pub(crate) struct LinuxPlatform {
     exit_cv: Condvar,
     /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
     pub(crate) futures: Futures,
+    /// What [`guard`](Self::guard) does after a caught panic.
+    on_panic: crate::panics::PanicPolicy,
 }
 
 impl LinuxPlatform {
@@ -104,6 +106,7 @@ impl LinuxPlatform {
             exit: Mutex::new(()),
             exit_cv: Condvar::new(),
             futures: Futures::default(),
+            on_panic: options.on_panic,
         }
     }
 
@@ -131,16 +134,18 @@ impl LinuxPlatform {
         Ok(())
     }
 
-    /// Runs user code under the panic guard, counting and logging a panic with its message.
+    /// Runs user code under the panic guard, counting and logging a panic with its message;
+    /// under `PanicPolicy::Abort` it aborts instead.
     pub(crate) fn guard<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => Some(r),
             Err(payload) => {
                 Counters::bump(&self.counters.panics_caught, 1);
+                let message = panic_message(&*payload);
+                crate::panics::after_panic(self.on_panic, what, message);
                 crate::log_at!(
                     error,
-                    "reseau: {what} panicked: {}; the loop goes on",
-                    panic_message(&*payload)
+                    "reseau: {what} panicked: {message}; the loop goes on"
                 );
                 None
             }
@@ -161,6 +166,29 @@ impl LinuxPlatform {
         }
     }
 
+    /// Applies an interest change recorded while `sub`'s callback ran (`LoopHandle::modify`
+    /// from the callback itself, or from another thread meanwhile). Nobody waits for it, so
+    /// a failure is logged and counted as a failed syscall; the previous interest stays.
+    fn apply_deferred_modify(&self, subs: &Slab, sub: Subscription, interest: Interest) {
+        let Found::Active(entry) = subs.find(sub) else {
+            return;
+        };
+        let result = self.guard("a source's as_fd", || {
+            self.sys.epoll_mod(
+                self.epoll.as_fd(),
+                entry.fd(),
+                sub.token(),
+                interest.epoll_flags(),
+            )
+        });
+        if let Some(Err(errno)) = result {
+            crate::log_at!(
+                error,
+                "reseau: epoll_ctl(MOD) of a deferred interest change failed with {errno}; the previous interest is kept"
+            );
+        }
+    }
+
     /// Runs the callback of the subscription behind `token`, if it is still live.
     fn dispatch_io(&self, cx: &LoopHandle, token: u64, readiness: Readiness) {
         let sub = Subscription::from_token(cx.loop_id(), token);
@@ -171,7 +199,12 @@ impl LinuxPlatform {
             .guard("an IO callback", || entry.dispatch(cx, readiness))
             .unwrap_or(IoControl::Keep);
         match control {
-            IoControl::Keep => lock(&self.subs).put_back(sub, entry),
+            IoControl::Keep => {
+                let mut subs = lock(&self.subs);
+                if let Some(interest) = subs.put_back(sub, entry) {
+                    self.apply_deferred_modify(&subs, sub, interest);
+                }
+            }
             IoControl::Unsubscribe => {
                 self.deregister(&*entry);
                 lock(&self.subs).release_in_callback(sub);

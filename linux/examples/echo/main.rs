@@ -9,8 +9,8 @@
 //! The server accepts on one loop and spreads the connections over the group with
 //! `next_loop`; it echoes every byte in order through a bounded per-connection buffer
 //! (see `server.rs`), and runs until SIGINT or SIGTERM, then shuts the group down. The
-//! signals are blocked in every thread before the group starts and read from a `signalfd`
-//! subscribed on the group's first loop, so no signal handler is needed.
+//! signals are blocked in every thread before the group starts and read on the group's
+//! first loop (`LoopHandle::subscribe_signals`), so no signal handler is needed.
 //!
 //! The client opens N connections, ping-pongs messages (1 KiB unless `--size B`) on each for
 //! S seconds, checks every echoed byte, and prints the throughput and the round-trip latency
@@ -20,12 +20,11 @@ mod client;
 mod server;
 
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use reseau_linux::{Interest, IoControl};
+use reseau_linux::SignalSet;
 
 const USAGE: &str = "usage:
   echo server ADDR                                         (e.g. 127.0.0.1:7878; until Ctrl-C)
@@ -87,58 +86,26 @@ fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns from
-/// now on) and returns a non-blocking, close-on-exec `signalfd` that reads them.
-fn signal_fd() -> std::io::Result<OwnedFd> {
-    // SAFETY: an all-zero `sigset_t` is a valid value for `sigemptyset` to initialise.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed `sigset_t`; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    // SAFETY: `set` is initialised; the old mask is not asked for (null). Only this thread's
-    // mask changes.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    // SAFETY: -1 asks for a new descriptor; `set` is initialised and only read.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by `signalfd`, is open, and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn serve(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     // Before the group exists, so its threads inherit the blocked mask.
-    let signals = signal_fd()?;
+    let set = SignalSet::new().with(libc::SIGINT)?.with(libc::SIGTERM)?;
+    reseau_linux::signals::block_on_this_thread(set)?;
     let server = server::Server::start(addr, &server::ServerOptions::default())?;
     let (tx, rx) = channel();
-    server
+    let _signals = server
         .group()
         .loop_at(0)
         .expect("a group has a loop")
-        .subscribe(signals, Interest::READABLE, move |_, fd, _| {
-            // A `signalfd_siginfo` is 128 bytes; `ssi_signo` is its first field.
-            let mut info = [0u8; 128];
-            while let Ok(128) = rustix::io::read(&*fd, &mut info) {
-                let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-                let _ = tx.send(signo);
-            }
-            IoControl::Keep
-        })
-        .map_err(|e| e.to_string())?;
+        .subscribe_signals(set, move |_, info| {
+            let _ = tx.send(info.signo);
+        })?;
     println!(
         "echo server on {} ({} loops); Ctrl-C to stop",
         server.local_addr(),
         server.group().len()
     );
     let signo = rx.recv()?;
-    let name = if signo == libc::SIGINT as u32 {
+    let name = if signo == libc::SIGINT {
         "SIGINT"
     } else {
         "SIGTERM"

@@ -2,7 +2,9 @@
 //!
 //! Every syscall reseau makes goes through the [`Syscalls`] trait. [`RealSyscalls`] is the
 //! kernel; tests implement the trait over it to force a fallback or inject an errno
-//! in-process (see `EventLoopOptions::syscalls`).
+//! in-process (see `EventLoopOptions::syscalls`). The signal calls (`pthread_sigmask`,
+//! `signalfd4`, in `signal`) are the exception: they go straight to libc, and their
+//! failures are tested under seccomp.
 //!
 //! # Descriptor creation
 //! Preference chains, each step taken only when the one before fails with `ENOSYS` or
@@ -22,6 +24,7 @@
 //! uses `F_SETFD`, and the flags are checked by tests with `fcntl`.
 
 pub mod legacy;
+pub(crate) mod signal;
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -182,6 +185,17 @@ pub trait Syscalls: Send + Sync + 'static {
             rustix::buffer::spare_capacity(events),
             timeout.as_ref(),
         )
+    }
+
+    /// `epoll_ctl(EPOLL_CTL_MOD)`: changes a registration's event mask (and data).
+    fn epoll_mod(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
+        data: u64,
+        flags: epoll::EventFlags,
+    ) -> rustix::io::Result<()> {
+        epoll::modify(epoll_fd, fd, epoll::EventData::new_u64(data), flags)
     }
 }
 

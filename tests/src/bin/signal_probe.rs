@@ -1,0 +1,267 @@
+//! A helper process for `tests/signals.rs`: each scenario (the first argument) blocks
+//! signals, sends them to this process and checks what the loop delivers. Signals are
+//! process-wide, so each runs here, in a process of its own whose main thread is the
+//! subscribing thread, never in the test runner. Prints `ok <scenario>` and exits 0 when
+//! every check held; panics (exit status 101) otherwise.
+
+use std::sync::mpsc::{Receiver, channel};
+
+use reseau_linux::signals::{blocked_on_this_thread, unblock_in_child};
+use reseau_linux::{
+    Errno, EventLoop, EventLoopOptions, LoopHandle, SignalError, SignalInfo, SignalSet, SysError,
+};
+use reseau_tests::seccomp::{self, Rule};
+use reseau_tests::util::{open_fds, recv};
+use rustix::process::{Signal, getpid, kill_process};
+
+fn set(signals: &[i32]) -> SignalSet {
+    signals
+        .iter()
+        .fold(SignalSet::new(), |s, &n| s.with(n).unwrap())
+}
+
+fn send(sig: Signal) {
+    kill_process(getpid(), sig).unwrap();
+}
+
+/// One full tick: everything scheduled before this call (a blocking task) has run.
+fn round_trip(h: &LoopHandle) {
+    let (tx, rx) = channel();
+    h.schedule_now(move |_, _| tx.send(()).unwrap()).unwrap();
+    recv(&rx);
+}
+
+/// The loop thread's blocked signals.
+fn loop_thread_mask(h: &LoopHandle) -> SignalSet {
+    let (tx, rx) = channel();
+    h.schedule_now(move |_, _| tx.send(blocked_on_this_thread().unwrap()).unwrap())
+        .unwrap();
+    recv(&rx)
+}
+
+fn subscribe(el: &EventLoop, s: SignalSet) -> (reseau_linux::Signals, Receiver<SignalInfo>) {
+    let (tx, rx) = channel();
+    let signals = el
+        .subscribe_signals(s, move |h, info| {
+            assert!(h.is_on_loop_thread());
+            tx.send(info).unwrap();
+        })
+        .unwrap();
+    (signals, rx)
+}
+
+fn check_from_us(info: &SignalInfo, signo: i32) {
+    assert_eq!(info.signo, signo);
+    assert_eq!(info.pid, getpid().as_raw_nonzero().get());
+    assert_eq!(info.code, libc::SI_USER, "sent with kill");
+    // SAFETY: getuid cannot fail and has no preconditions.
+    assert_eq!(info.uid, unsafe { libc::getuid() });
+}
+
+/// Subscribed before the loop thread exists (it inherits the mask), then a `kill`.
+fn kill_before_thread() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let (_signals, rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    el.run().unwrap();
+    send(Signal::USR1);
+    check_from_us(&recv(&rx), libc::SIGUSR1);
+}
+
+/// Subscribed while the loop thread runs: its task blocks the set on the loop thread.
+fn kill_running_loop() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    assert!(!loop_thread_mask(&el).contains(libc::SIGUSR1));
+    let (_signals, rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    round_trip(&el); // the blocking task ran
+    assert!(loop_thread_mask(&el).contains(libc::SIGUSR1));
+    send(Signal::USR1);
+    check_from_us(&recv(&rx), libc::SIGUSR1);
+}
+
+fn two_signals() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let (_signals, rx) = subscribe(&el, set(&[libc::SIGUSR1, libc::SIGUSR2]));
+    round_trip(&el);
+    send(Signal::USR2);
+    check_from_us(&recv(&rx), libc::SIGUSR2);
+    send(Signal::USR1);
+    check_from_us(&recv(&rx), libc::SIGUSR1);
+    send(Signal::USR1);
+    send(Signal::USR2);
+    let mut got = [recv(&rx).signo, recv(&rx).signo];
+    got.sort_unstable();
+    assert_eq!(got, [libc::SIGUSR1, libc::SIGUSR2]);
+}
+
+fn raised_before_run() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let (_signals, rx) = subscribe(&el, set(&[libc::SIGUSR1, libc::SIGUSR2]));
+    send(Signal::USR1);
+    send(Signal::USR2);
+    el.run().unwrap();
+    let mut got = [recv(&rx).signo, recv(&rx).signo];
+    got.sort_unstable();
+    assert_eq!(got, [libc::SIGUSR1, libc::SIGUSR2]);
+}
+
+fn unsubscribe_restores() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    // SIGUSR2 blocked here beforehand: the subscription did not block it, so it stays.
+    let pre = set(&[libc::SIGUSR2]);
+    let none = blocked_on_this_thread().unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let usr2 = sigset_of(libc::SIGUSR2);
+    // SAFETY: `usr2` is an initialised sigset_t; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr2, std::ptr::null_mut()) };
+    assert_eq!(rc, 0);
+    assert_eq!(blocked_on_this_thread().unwrap(), pre);
+    let loop_before = loop_thread_mask(&el);
+    let (signals, _rx) = subscribe(&el, set(&[libc::SIGUSR1, libc::SIGUSR2]));
+    round_trip(&el);
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        set(&[libc::SIGUSR1, libc::SIGUSR2])
+    );
+    assert!(loop_thread_mask(&el).contains(libc::SIGUSR1));
+    assert_eq!(el.subscriptions(), 1);
+    signals.unsubscribe();
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        pre,
+        "this thread restored"
+    );
+    round_trip(&el); // the loop's unsubscribe task ran
+    assert_eq!(
+        loop_thread_mask(&el),
+        loop_before,
+        "the loop thread restored"
+    );
+    assert_eq!(el.subscriptions(), 0);
+}
+
+fn sigset_of(signo: i32) -> libc::sigset_t {
+    // SAFETY: an all-zero sigset_t is a plain value that sigemptyset initialises; the
+    // signal number is valid.
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut m);
+        libc::sigaddset(&mut m, signo);
+        m
+    }
+}
+
+fn sig_blk(mut cmd: std::process::Command) -> u64 {
+    let out = cmd.args(["/proc/self/status"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .expect("a SigBlk line");
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+fn child_mask() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let (_signals, _rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    let bit = 1u64 << (libc::SIGUSR1 - 1);
+    let plain = sig_blk(std::process::Command::new("cat"));
+    assert_eq!(
+        plain & bit,
+        bit,
+        "a child inherits the blocked mask: {plain:x}"
+    );
+    let mut cmd = std::process::Command::new("cat");
+    unblock_in_child(&mut cmd);
+    assert_eq!(sig_blk(cmd), 0, "unblock_in_child empties the mask");
+}
+
+fn signalfd_refused() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let before_fds = open_fds();
+    let before_mask = blocked_on_this_thread().unwrap();
+    seccomp::install(&[Rule::deny(libc::SYS_signalfd4, libc::EPERM)]);
+    let err = el
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SignalError::Sys(SysError {
+            call: "signalfd4",
+            errno: Errno::PERM
+        })
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("signalfd4") && text.contains(&Errno::PERM.to_string()),
+        "{text}"
+    );
+    assert_eq!(open_fds(), before_fds, "no descriptor leaked");
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        before_mask,
+        "mask unchanged"
+    );
+    assert_eq!(el.subscriptions(), 0);
+}
+
+fn forked() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    // SAFETY: this process has no other thread (the loop never ran); the child only calls
+    // subscribe_signals, which refuses before touching anything, then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let before = blocked_on_this_thread().unwrap();
+        let r = el.subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {});
+        let ok = matches!(
+            r,
+            Err(SignalError::Subscribe(
+                reseau_linux::SubscribeErrorKind::Forked
+            ))
+        ) && blocked_on_this_thread().unwrap() == before;
+        // SAFETY: `_exit` ends the forked child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is valid for the kernel to write.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child was not refused: {status}"
+    );
+}
+
+fn abort_in_signal_callback() {
+    let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
+    let el = EventLoop::new(options).unwrap();
+    let _signals = el
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {
+            panic!("boom in a signal callback")
+        })
+        .unwrap();
+    el.run().unwrap();
+    send(Signal::USR1);
+    std::thread::sleep(reseau_tests::util::GUARD); // failure guard: the abort comes first
+    panic!("the loop did not abort");
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).expect("a scenario");
+    match scenario.as_str() {
+        "kill_before_thread" => kill_before_thread(),
+        "kill_running_loop" => kill_running_loop(),
+        "two_signals" => two_signals(),
+        "raised_before_run" => raised_before_run(),
+        "unsubscribe_restores" => unsubscribe_restores(),
+        "child_mask" => child_mask(),
+        "signalfd_refused" => signalfd_refused(),
+        "forked" => forked(),
+        "abort_in_signal_callback" => abort_in_signal_callback(),
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("ok {scenario}");
+}
