@@ -46,6 +46,9 @@ pub enum Error {
     /// Only dropping (or destroying) the loop is allowed in the child: it releases the
     /// memory without touching the kernel objects.
     Forked(Operation),
+    /// A [`spawn_local`](crate::LoopHandle::spawn_local) was refused (see
+    /// [`LocalSpawnError`](crate::LocalSpawnError); the future itself stays there).
+    LocalSpawn(crate::LocalSpawnErrorKind),
 }
 
 impl fmt::Display for Error {
@@ -68,6 +71,7 @@ impl fmt::Display for Error {
                 f,
                 "{op} refused: the loop was inherited through fork and belongs to the parent"
             ),
+            Error::LocalSpawn(kind) => write!(f, "spawn_local refused: {kind}"),
         }
     }
 }
@@ -82,6 +86,7 @@ impl std::error::Error for Error {
             Error::Modify(e) => Some(e),
             Error::Signal(e) => Some(e),
             Error::Spawn(e) => Some(e),
+            Error::LocalSpawn(kind) => Some(kind),
             _ => None,
         }
     }
@@ -122,6 +127,20 @@ impl From<crate::io::ModifyError> for Error {
 impl From<crate::signals::SignalError> for Error {
     fn from(e: crate::signals::SignalError) -> Self {
         Error::Signal(e)
+    }
+}
+
+impl<F> From<crate::SpawnError<F>> for Error {
+    /// Keeps why; the refused future is dropped unpolled (take `e.future` first to keep it).
+    fn from(e: crate::SpawnError<F>) -> Self {
+        Error::Schedule(e.kind)
+    }
+}
+
+impl<F> From<crate::LocalSpawnError<F>> for Error {
+    /// Keeps why; the refused future is dropped unpolled (take `e.future` first to keep it).
+    fn from(e: crate::LocalSpawnError<F>) -> Self {
+        Error::LocalSpawn(e.kind)
     }
 }
 

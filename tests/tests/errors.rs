@@ -19,7 +19,7 @@ fn unsubscribe_stale(el: &EventLoop) -> Result<(), Error> {
     a.set_nonblocking(true).unwrap();
     let sub = el.subscribe(a, Interest::READABLE, |_, _, _| IoControl::Keep)?;
     let _a: UnixStream = el.unsubscribe(sub)?;
-    Err(UnsubscribeError::NotSubscribed)?;
+    let _a: UnixStream = el.unsubscribe(sub)?; // stale now
     Ok(())
 }
 
@@ -34,6 +34,16 @@ fn modify_stale(el: &EventLoop) -> Result<(), Error> {
 
 fn signal_invalid() -> Result<(), Error> {
     SignalSet::new().with(libc::SIGKILL)?;
+    Ok(())
+}
+
+fn spawn_on_destroyed(h: &reseau_linux::LoopHandle) -> Result<(), Error> {
+    h.spawn(async {})?;
+    Ok(())
+}
+
+fn spawn_local_off_the_loop_thread(el: &EventLoop) -> Result<(), Error> {
+    el.spawn_local(async {})?;
     Ok(())
 }
 
@@ -67,8 +77,31 @@ fn each_error_type_converts_into_error_with_question_mark_keeping_its_kind() {
         matches!(e, Error::Signal(SignalError::Invalid { signo, .. }) if signo == libc::SIGKILL),
         "{e:?}"
     );
+    let e = spawn_local_off_the_loop_thread(&el).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LocalSpawn(reseau_linux::LocalSpawnErrorKind::NotOnLoopThread)
+        ),
+        "{e:?}"
+    );
+    let h = el.handle();
     let e = schedule_on_destroyed(el).unwrap_err();
-    assert!(matches!(e, Error::Schedule(_)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Schedule(reseau_linux::ScheduleErrorKind::Destroyed(_))
+        ),
+        "{e:?}"
+    );
+    let e = spawn_on_destroyed(&h).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Schedule(reseau_linux::ScheduleErrorKind::Destroyed(_))
+        ),
+        "{e:?}"
+    );
     // The std::error::Error chain reaches the original error.
     let e = Error::from(ModifyError::NotSubscribed);
     assert!(std::error::Error::source(&e).is_some());
