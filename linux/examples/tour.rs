@@ -1,6 +1,6 @@
 //! A tour of reseau's event loop: the backend and descriptor flags, scheduling now / at /
-//! serialized from several threads, cancellation, stop and restart, an IO subscription,
-//! destroy with tasks pending, and the counters at the end.
+//! serialized from several threads, cancellation, stop and restart, an IO subscription, a
+//! signal source, destroy with tasks pending, and the counters at the end.
 //!
 //! `cargo run --release -p reseau-linux --example tour`
 
@@ -174,6 +174,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::os::fd::AsRawFd::as_raw_fd(&read_end)
     );
     drop((read_end, write_end));
+
+    println!("signals: SIGUSR1 as a source, sent to this process");
+    // Blocks SIGUSR1 on this thread and (by a task) on the running loop thread; every other
+    // thread of the tour has exited, so the signal waits in the signalfd for the loop.
+    let (tx, rx) = channel();
+    let set = reseau_linux::SignalSet::new().with(rustix::process::Signal::USR1.as_raw())?;
+    let signals = el.subscribe_signals(set, move |h, info| {
+        let _ = tx.send((info.signo, info.pid, h.is_on_loop_thread()));
+    })?;
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR1)?;
+    let (signo, pid, on_loop) = rx.recv()?;
+    println!("  delivered signal {signo} from pid {pid} (on loop thread: {on_loop})");
+    drop(signals); // unsubscribes and unblocks SIGUSR1 again
 
     println!("destroy with 3 timers pending (one schedules another when canceled)");
     for i in 0..3 {

@@ -62,6 +62,12 @@ impl LoopHandle {
         self.shared.upgrade()
     }
 
+    /// Whether the loop is running (on its own thread or driven by a caller).
+    pub(crate) fn is_running(&self) -> bool {
+        self.upgrade()
+            .is_some_and(|s| s.engine.state() == reseau_core::State::Running)
+    }
+
     /// The loop's identity: what its [`TaskHandle`]s and [`Subscription`]s carry.
     pub fn loop_id(&self) -> u64 {
         self.id

@@ -8,9 +8,11 @@
 //! - on the calling thread, at once (threads it creates afterwards inherit the mask: block
 //!   early, in `main`, before any other thread exists — a loop group included);
 //! - on the loop thread, by a task it schedules from any other thread (a loop thread that
-//!   the subscribing thread created after subscribing already inherited it). Until that
-//!   task runs, a process-directed signal may be delivered to the loop thread the default
-//!   way.
+//!   the subscribing thread created after subscribing already inherited it). On a running
+//!   loop, `subscribe_signals` returns only once that task has run, so a signal sent the
+//!   moment it returns reaches the descriptor. On a loop that is not running the task runs
+//!   first in its next run; a loop thread started by a thread that had not blocked the set
+//!   may take a signal the default way until then.
 //!
 //! Threads created *before* the subscription (by other libraries, or the test harness)
 //! must block the set themselves; reseau cannot change another thread's mask.
@@ -30,7 +32,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use reseau_core::{Operation, TaskStatus};
 use rustix::io::Errno;
@@ -426,6 +428,8 @@ impl LoopHandle {
         }));
         if !self.is_on_loop_thread() {
             let state = loop_mask.clone();
+            let applied = Arc::new((Mutex::new(false), Condvar::new()));
+            let done = applied.clone();
             let scheduled = self.schedule_now(move |_, status| {
                 let mut m = lock(&state);
                 if status == TaskStatus::RunReady && m.active {
@@ -437,6 +441,9 @@ impl LoopHandle {
                         ),
                     }
                 }
+                drop(m);
+                *lock(&done.0) = true;
+                done.1.notify_all();
             });
             if let Err(e) = scheduled {
                 let kind = e.kind;
@@ -446,6 +453,20 @@ impl LoopHandle {
                 }
                 undo();
                 return Err(SignalError::Schedule(kind));
+            }
+            // A running loop thread must have blocked the set before this returns: a
+            // signal sent right after would otherwise find that thread unblocked and take
+            // its default action (for SIGUSR1, ending the process). A loop that is not
+            // running has no thread to wait for: the task runs first in its next run (and
+            // a loop thread started by this thread inherits the mask anyway). The wait
+            // re-checks the state every 10 ms, so a stop racing this call cannot hang it.
+            let mut ran = lock(&applied.0);
+            while !*ran && self.is_running() {
+                ran = applied
+                    .1
+                    .wait_timeout(ran, std::time::Duration::from_millis(10))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         }
         Ok(Signals {

@@ -29,6 +29,11 @@ fn subscribing_while_the_loop_runs_blocks_the_set_on_the_loop_thread_too() {
 }
 
 #[test]
+fn a_signal_sent_as_soon_as_subscribe_returns_on_a_running_loop_is_delivered_not_fatal() {
+    probe("kill_right_after_subscribe");
+}
+
+#[test]
 fn sigusr1_and_sigusr2_in_one_set_are_each_delivered() {
     probe("two_signals");
 }

@@ -79,6 +79,20 @@ fn kill_running_loop() {
     check_from_us(&recv(&rx), libc::SIGUSR1);
 }
 
+/// Subscribed while the loop thread runs, the signal sent the moment `subscribe_signals`
+/// returns (no round trip first): the loop thread has blocked the set by then, so the signal
+/// is delivered instead of killing the process. A hundred rounds, each unsubscribing.
+fn kill_right_after_subscribe() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    for _ in 0..100 {
+        let (signals, rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+        send(Signal::USR1);
+        check_from_us(&recv(&rx), libc::SIGUSR1);
+        drop(signals);
+    }
+}
+
 fn two_signals() {
     let el = EventLoop::new(EventLoopOptions::default()).unwrap();
     el.run().unwrap();
@@ -254,6 +268,7 @@ fn main() {
     match scenario.as_str() {
         "kill_before_thread" => kill_before_thread(),
         "kill_running_loop" => kill_running_loop(),
+        "kill_right_after_subscribe" => kill_right_after_subscribe(),
         "two_signals" => two_signals(),
         "raised_before_run" => raised_before_run(),
         "unsubscribe_restores" => unsubscribe_restores(),
