@@ -158,7 +158,11 @@ impl LoopHandle {
         self.schedule(task.0, when)
     }
 
-    fn schedule(&self, payload: Payload, when: When) -> Result<TaskHandle, ScheduleError> {
+    pub(crate) fn schedule(
+        &self,
+        payload: Payload,
+        when: When,
+    ) -> Result<TaskHandle, ScheduleError> {
         let Some(shared) = self.upgrade() else {
             return Err(ScheduleError {
                 kind: ScheduleErrorKind::Destroyed(destroyed_error(Operation::Schedule)),
@@ -189,6 +193,20 @@ impl LoopHandle {
     /// destroy) — and this returns `true`. Returns `false`, a no-op, when the task has
     /// already run or been canceled, or the handle is of another loop (or the loop was
     /// inherited through `fork`: see [`Error::Forked`]).
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+    /// use std::time::Duration;
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let task = el.schedule_after(Duration::from_secs(60), move |_, st| tx.send(st).unwrap())?;
+    /// assert!(el.cancel(&task), "the first cancel wins");
+    /// assert!(!el.cancel(&task), "a second one is a no-op");
+    /// el.turn(Some(Duration::ZERO))?; // the canceled task runs in the next tick
+    /// assert_eq!(rx.try_recv().unwrap(), TaskStatus::Canceled);
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     pub fn cancel(&self, task: &TaskHandle) -> bool {
         match self.upgrade() {
             Some(shared) if !shared.inherited() => shared.engine.cancel(self, task.0),

@@ -74,6 +74,7 @@ mod stats;
 pub mod sys;
 mod task;
 mod thread_id;
+mod timer;
 mod wakeup;
 
 pub use async_fd::{AsyncFd, ReadyFuture};
@@ -95,6 +96,7 @@ pub use sleep::Sleep;
 pub use stats::Stats;
 pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
+pub use timer::{Instant, Interval, IntervalControl, MissedTickBehavior, Tick, TickStatus};
 
 /// The README's Rust snippets, compiled and run as doc tests.
 #[cfg(doctest)]
