@@ -94,7 +94,7 @@ pub use reseau_core::{LifecycleError, Operation, State, TaskStatus};
 pub use rustix::io::Errno;
 pub use sleep::Sleep;
 pub use stats::Stats;
-pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
+pub use sys::{Backend, EpollBackend, SysError, TimerBackend, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
 pub use timer::{Instant, Interval, IntervalControl, MissedTickBehavior, Tick, TickStatus};
 
