@@ -267,16 +267,23 @@ fn call(
     (lock(&shared.callback))(h, tick)
 }
 
+/// The last call after a cancel (or destroy), made once whichever path gets here first.
+fn last_canceled(h: &LoopHandle, shared: &IntervalShared, deadline: u64) {
+    if shared.state.swap(ENDED, Ordering::AcqRel) != ENDED {
+        call(h, shared, deadline, TickStatus::Canceled);
+    }
+}
+
 /// One tick's task.
 fn fire(h: &LoopHandle, shared: Arc<IntervalShared>, due: u64, status: TaskStatus) {
-    if status == TaskStatus::Canceled {
+    match (status, shared.state.load(Ordering::Acquire)) {
         // Canceled by `Interval::cancel`, or by destroy: the last call either way.
-        shared.state.store(ENDED, Ordering::Release);
-        call(h, &shared, due, TickStatus::Canceled);
-        return;
-    }
-    if shared.state.load(Ordering::Acquire) != ACTIVE {
-        return;
+        (TaskStatus::Canceled, _) => return last_canceled(h, &shared, due),
+        (TaskStatus::RunReady, ACTIVE) => {}
+        // A cancel won while this task was already claimed to run (its task cancel
+        // failed): this run makes the last call.
+        (TaskStatus::RunReady, CANCELED) => return last_canceled(h, &shared, due),
+        (TaskStatus::RunReady, _) => return,
     }
     // A panicking callback ends the interval (the panic unwinds to the task's guard).
     struct EndOnPanic<'a>(&'a IntervalShared);
@@ -295,9 +302,7 @@ fn fire(h: &LoopHandle, shared: Arc<IntervalShared>, due: u64, status: TaskStatu
     if shared.state.load(Ordering::Acquire) == CANCELED {
         // Canceled during the callback (by itself or another thread): the last call.
         drop(current);
-        shared.state.store(ENDED, Ordering::Release);
-        call(h, &shared, next, TickStatus::Canceled);
-        return;
+        return last_canceled(h, &shared, next);
     }
     if control == IntervalControl::Stop {
         shared.state.store(ENDED, Ordering::Release);

@@ -362,3 +362,42 @@ fn cancel_of_a_task_handle_says_whether_it_won() {
     settle(&el);
     assert_eq!(drain(&rx), vec![TaskStatus::Canceled]);
 }
+
+#[test]
+fn an_interval_canceled_while_its_ticks_race_makes_exactly_one_last_call() {
+    // Fast ticks, so a cancel often lands while a tick's task is claimed or running.
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    for round in 0..200 {
+        let (tx, rx) = channel();
+        let interval = el
+            .schedule_every(Duration::from_micros(5), move |_, tick| {
+                let _ = tx.send(tick.status);
+                IntervalControl::Continue
+            })
+            .unwrap();
+        assert_eq!(recv(&rx), TickStatus::Due);
+        let other = interval.clone();
+        assert!(std::thread::spawn(move || other.cancel()).join().unwrap());
+        // Ticks already on their way may precede the last call, never follow it.
+        loop {
+            match recv(&rx) {
+                TickStatus::Due => continue,
+                TickStatus::Canceled => break,
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        drop(interval);
+        // A second last call, or a tick after it, would be queued by now: let the loop
+        // pass one more tick, then check.
+        let (done_tx, done) = channel();
+        el.schedule_now(move |_, _| done_tx.send(()).unwrap())
+            .unwrap();
+        recv(&done);
+        assert_eq!(
+            drain(&rx),
+            vec![],
+            "round {round}: calls after the last one"
+        );
+    }
+}
