@@ -189,7 +189,8 @@ struct IntervalShared {
 
 /// A running interval, from [`LoopHandle::schedule_every`]: cancel it from any thread.
 ///
-/// Dropping it does not cancel the interval.
+/// Dropping it does not cancel the interval. The callback (and what it captures) is
+/// dropped once the interval has ended and every clone of this handle is gone.
 #[derive(Clone)]
 pub struct Interval {
     shared: Arc<IntervalShared>,
