@@ -11,6 +11,15 @@ pub enum Clock {
     Monotonic,
     /// A function of the caller's, e.g. a manual clock in tests. It must never go back.
     Custom(Arc<dyn Fn() -> u64 + Send + Sync>),
+    /// `clock_gettime(CLOCK_BOOTTIME)`: like `Monotonic`, but it counts the time the
+    /// system spends suspended, and the loop arms its deadlines on a `CLOCK_BOOTTIME`
+    /// timerfd (`TFD_TIMER_ABSTIME`) — so a task due during a suspend runs at resume,
+    /// not one suspend-length later (aws-c-io issue #838). Opt-in: an `epoll_wait`
+    /// timeout alone is measured on `CLOCK_MONOTONIC`, which stops while suspended. If the
+    /// kernel has no `CLOCK_BOOTTIME` timerfd (before 3.15, or filtered), the loop still
+    /// reads this clock but waits by the monotonic chain (logged; see
+    /// [`TimerBackend`](crate::sys::TimerBackend)).
+    Boottime,
 }
 
 impl Clock {
@@ -19,6 +28,7 @@ impl Clock {
         match self {
             Clock::Monotonic => mono_now(),
             Clock::Custom(f) => f(),
+            Clock::Boottime => boot_now(),
         }
     }
 }
@@ -30,13 +40,22 @@ impl Clock {
 /// SIGSEGV at its first clock read under memcheck or callgrind (rustix issue #1559, open).
 /// glibc and musl find the vDSO their own way (and fall back to the syscall).
 pub(crate) fn mono_now() -> u64 {
+    read(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds (monotonic, counting suspend), through libc.
+pub(crate) fn boot_now() -> u64 {
+    read(libc::CLOCK_BOOTTIME)
+}
+
+fn read(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable `timespec`; CLOCK_MONOTONIC always exists on
-    // Linux, so the call cannot fail (and if it did, `ts` stays zero).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a valid, writable `timespec`; CLOCK_MONOTONIC and CLOCK_BOOTTIME
+    // (2.6.39) always exist on Linux, so the call cannot fail (if it did, `ts` stays zero).
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
@@ -47,6 +66,7 @@ impl fmt::Debug for Clock {
         match self {
             Clock::Monotonic => f.write_str("Clock::Monotonic"),
             Clock::Custom(_) => f.write_str("Clock::Custom(..)"),
+            Clock::Boottime => f.write_str("Clock::Boottime"),
         }
     }
 }
@@ -94,5 +114,8 @@ mod tests {
         let clock = Clock::Custom(Arc::new(|| 42));
         assert_eq!(clock.now(), 42);
         assert!(Clock::Monotonic.now() > 0);
+        // Boottime counts suspend too: never behind the monotonic clock.
+        let mono = Clock::Monotonic.now();
+        assert!(Clock::Boottime.now() >= mono);
     }
 }

@@ -216,12 +216,17 @@ impl EventLoop {
         let sys = options.syscalls.clone();
         let (epoll, epoll_backend) = sys::create_epoll(&*sys)?;
         let (wakeup_fds, wakeup_backend) = sys::create_wakeup(&*sys)?;
+        let boottime = matches!(options.clock, Clock::Boottime);
+        let (timer, timer_backend) = sys::create_timer(&*sys, epoll.as_fd(), boottime)?;
         let backend = Backend {
             epoll: epoll_backend,
             wakeup: wakeup_backend,
+            timer: timer_backend,
         };
         let id = next_loop_id();
-        let platform = LinuxPlatform::new(epoll, Wakeup::new(wakeup_fds), backend, id, &options);
+        crate::log_at!(info, "reseau: loop {id} created: {backend}");
+        let platform =
+            LinuxPlatform::new(epoll, Wakeup::new(wakeup_fds), timer, backend, id, &options);
         let engine = reseau_core::Engine::new(platform, slots, id)
             .map_err(|_| Error::InvalidOption("capacity out of range"))?;
         let shared = Arc::new_cyclic(|weak| Shared {
@@ -268,12 +273,14 @@ impl EventLoop {
         self.handle.clone()
     }
 
-    /// Which calls created the descriptors (the preferred ones, or which fallback).
+    /// Which calls created the descriptors (the preferred ones, or which fallback), and
+    /// how deadlines are waited for ([`Backend::timer`]).
     pub fn backend(&self) -> Option<Backend> {
         self.shared.as_ref().map(|s| s.platform().backend)
     }
 
-    /// The loop's descriptors, named (`epoll`, `eventfd`, `pipe read`, `pipe write`), for
+    /// The loop's descriptors, named (`epoll`, `eventfd`, `pipe read`, `pipe write`, and
+    /// `timerfd` when the [`TimerBackend`](sys::TimerBackend) uses one), for
     /// inspection such as close-on-exec checks. Empty once destroyed.
     pub fn descriptors(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
         let Some(s) = &self.shared else {
@@ -286,6 +293,9 @@ impl EventLoop {
             _ => &["pipe read", "pipe write"],
         };
         v.extend(names.iter().copied().zip(p.wakeup.fds()));
+        if let Some(timer) = &p.timer {
+            v.push(("timerfd", timer.as_fd()));
+        }
         v
     }
 

@@ -197,7 +197,11 @@ impl LoopHandle {
         self.schedule(task.0, when)
     }
 
-    fn schedule(&self, payload: Payload, when: When) -> Result<TaskHandle, ScheduleError> {
+    pub(crate) fn schedule(
+        &self,
+        payload: Payload,
+        when: When,
+    ) -> Result<TaskHandle, ScheduleError> {
         let Some(shared) = self.upgrade() else {
             return Err(ScheduleError {
                 kind: ScheduleErrorKind::Destroyed(destroyed_error(Operation::Schedule)),
@@ -231,16 +235,15 @@ impl LoopHandle {
     ///
     /// ```
     /// use reseau_linux::{EventLoop, EventLoopOptions, TaskStatus};
+    /// use std::time::Duration;
     ///
-    /// let mut el = EventLoop::new(EventLoopOptions::default())?;
-    /// let h = el.handle();
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
     /// let (tx, rx) = std::sync::mpsc::channel();
-    /// let far = h.schedule_at(u64::MAX, move |_, status| tx.send(status).unwrap())?;
-    /// assert!(h.cancel(&far), "this call won: the task will run Canceled");
-    /// assert!(!h.cancel(&far), "a second cancel is a no-op");
-    /// el.run()?;
-    /// assert_eq!(rx.recv().unwrap(), TaskStatus::Canceled);
-    /// el.destroy()?;
+    /// let task = el.schedule_after(Duration::from_secs(60), move |_, st| tx.send(st).unwrap())?;
+    /// assert!(el.cancel(&task), "the first cancel wins");
+    /// assert!(!el.cancel(&task), "a second one is a no-op");
+    /// el.turn(Some(Duration::ZERO))?; // the canceled task runs in the next tick
+    /// assert_eq!(rx.try_recv().unwrap(), TaskStatus::Canceled);
     /// # Ok::<(), reseau_linux::Error>(())
     /// ```
     pub fn cancel(&self, task: &TaskHandle) -> bool {

@@ -76,6 +76,7 @@ mod stats;
 pub mod sys;
 mod task;
 mod thread_id;
+mod timer;
 mod wakeup;
 
 pub use async_fd::{AsyncFd, ReadyFuture};
@@ -97,8 +98,9 @@ pub use rustix::io::Errno;
 pub use signals::{SignalError, SignalInfo, SignalSet, Signals};
 pub use sleep::Sleep;
 pub use stats::Stats;
-pub use sys::{Backend, EpollBackend, SysError, WakeupBackend};
+pub use sys::{Backend, EpollBackend, SysError, TimerBackend, WakeupBackend};
 pub use task::{BoxedTask, Task, TaskHandle};
+pub use timer::{Instant, Interval, IntervalControl, MissedTickBehavior, Tick, TickStatus};
 
 /// The README's Rust snippets, compiled and run as doc tests.
 #[cfg(doctest)]

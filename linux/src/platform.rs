@@ -13,7 +13,7 @@ use reseau_core::{Platform, TaskStatus};
 use rustix::event::epoll;
 use rustix::io::Errno;
 
-use crate::clock::{Clock, mono_now, wait_ms};
+use crate::clock::{Clock, boot_now, mono_now, wait_ms};
 use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
 use crate::futures::Futures;
@@ -21,12 +21,14 @@ use crate::handle::LoopHandle;
 use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
 use crate::stats::Counters;
-use crate::sys::{Backend, SysError, Syscalls};
+use crate::sys::{Backend, SysError, Syscalls, TimerBackend};
 use crate::thread_id;
 use crate::wakeup::Wakeup;
 
 /// The epoll data of the wakeup descriptor; IO subscriptions use slab tokens below it.
 pub(crate) const WAKEUP_TOKEN: u64 = u64::MAX;
+/// The epoll data of the timerfd, when the loop waits with one.
+pub(crate) const TIMER_TOKEN: u64 = u64::MAX - 1;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // User code never runs while one of these locks is held, but a poisoned lock must not
@@ -57,6 +59,10 @@ unsafe impl Send for Events {}
 pub(crate) struct LinuxPlatform {
     pub(crate) epoll: OwnedFd,
     pub(crate) wakeup: Wakeup,
+    /// The timerfd of the `Timerfd`/`TimerfdBoottime` backends.
+    pub(crate) timer: Option<OwnedFd>,
+    /// Whether the timerfd is armed (the driver's alone).
+    timer_armed: std::sync::atomic::AtomicBool,
     pub(crate) backend: Backend,
     pub(crate) sys: std::sync::Arc<dyn Syscalls>,
     pub(crate) clock: Clock,
@@ -84,6 +90,7 @@ impl LinuxPlatform {
     pub(crate) fn new(
         epoll: OwnedFd,
         wakeup: Wakeup,
+        timer: Option<OwnedFd>,
         backend: Backend,
         loop_id: u64,
         options: &EventLoopOptions,
@@ -93,6 +100,8 @@ impl LinuxPlatform {
         Self {
             epoll,
             wakeup,
+            timer,
+            timer_armed: std::sync::atomic::AtomicBool::new(false),
             backend,
             sys: options.syscalls.clone(),
             clock: options.clock.clone(),
@@ -130,8 +139,64 @@ impl LinuxPlatform {
                     errno,
                 })
             })?;
+        if let Some(timer) = &self.timer {
+            self.sys
+                .epoll_add(self.epoll.as_fd(), timer.as_fd(), TIMER_TOKEN, flags)
+                .map_err(|errno| {
+                    Error::Sys(SysError {
+                        call: "epoll_ctl(ADD timerfd)",
+                        errno,
+                    })
+                })?;
+        }
         *registered = true;
         Ok(())
+    }
+
+    /// Waits in the kernel for events, at most `timeout` ns, by the loop's timer backend.
+    fn wait(&self, events: &mut Vec<epoll::Event>, timeout: Option<u64>) -> Result<usize, Errno> {
+        let epoll_fd = self.epoll.as_fd();
+        match (self.backend.timer, &self.timer) {
+            (TimerBackend::Pwait2, _) => {
+                self.sys
+                    .epoll_pwait2(epoll_fd, events, timeout.map(Duration::from_nanos))
+            }
+            (TimerBackend::Timerfd | TimerBackend::TimerfdBoottime, Some(timer)) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                match timeout {
+                    // Nothing to arm for a poll or for no deadline (a stale arm is only
+                    // disarmed, to save a spurious wakeup).
+                    Some(0) => {}
+                    None => {
+                        if self.timer_armed.swap(false, Relaxed) {
+                            let _ = self.sys.timerfd_settime(timer.as_fd(), None);
+                        }
+                    }
+                    Some(ns) => {
+                        let now = if self.backend.timer == TimerBackend::TimerfdBoottime {
+                            boot_now()
+                        } else {
+                            mono_now()
+                        };
+                        match self
+                            .sys
+                            .timerfd_settime(timer.as_fd(), Some(now.saturating_add(ns)))
+                        {
+                            Ok(()) => self.timer_armed.store(true, Relaxed),
+                            // The millisecond backstop below still wakes the loop.
+                            Err(errno) => crate::log_at!(
+                                warn,
+                                "reseau: timerfd_settime failed with {errno}; this wait \
+                                 rounds up to whole milliseconds"
+                            ),
+                        }
+                    }
+                }
+                // The ms timeout (never shorter) is a backstop: the timerfd fires first.
+                self.sys.epoll_wait(epoll_fd, events, wait_ms(timeout))
+            }
+            _ => self.sys.epoll_wait(epoll_fd, events, wait_ms(timeout)),
+        }
     }
 
     /// Runs user code under the panic guard, counting and logging a panic with its message;
@@ -239,9 +304,7 @@ impl Platform for LinuxPlatform {
         let mut events = std::mem::take(&mut lock(&self.events).0);
         events.clear();
         Counters::bump(&self.counters.epoll_waits, 1);
-        let result = self
-            .sys
-            .epoll_wait(self.epoll.as_fd(), &mut events, wait_ms(timeout));
+        let result = self.wait(&mut events, timeout);
         self.load.tick_start(mono_now());
         let outcome = match result {
             Ok(_) => {
@@ -250,6 +313,9 @@ impl Platform for LinuxPlatform {
                     let token = event.data.u64();
                     if token == WAKEUP_TOKEN {
                         self.wakeup.drain();
+                    } else if token == TIMER_TOKEN {
+                        // Edge-triggered and re-armed (which resets its count) before each
+                        // timed wait: nothing to read. The engine runs what is due.
                     } else {
                         self.dispatch_io(cx, token, Readiness::from_epoll(event.flags));
                     }
@@ -263,14 +329,13 @@ impl Platform for LinuxPlatform {
             // Interrupted by a signal: the engine recomputes the timeout and waits again.
             Err(Errno::INTR) => Ok(()),
             Err(errno) => {
-                crate::log_at!(
-                    error,
-                    "reseau: epoll_wait failed with {errno}; the loop stops"
-                );
-                let e = SysError {
-                    call: "epoll_wait",
-                    errno,
+                let call = if self.backend.timer == TimerBackend::Pwait2 {
+                    "epoll_pwait2"
+                } else {
+                    "epoll_wait"
                 };
+                crate::log_at!(error, "reseau: {call} failed with {errno}; the loop stops");
+                let e = SysError { call, errno };
                 *lock(&self.loop_error) = Some(Error::Sys(e));
                 Err(Error::Sys(e))
             }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reseau_linux::sys::{RealSyscalls, Syscalls};
+use reseau_linux::sys::{RealSyscalls, Syscalls, TimerClock};
 use reseau_linux::{Errno, EventLoop, EventLoopOptions, LoopHandle};
 use rustix::event::epoll;
 
@@ -160,12 +160,24 @@ pub struct Faults {
     pub epoll_add: Option<Errno>,
     /// Fail `epoll_ctl(DEL)`.
     pub epoll_del: Option<Errno>,
-    /// Errors the next `epoll_wait` calls return, in order (then the real call).
+    /// Errors the loop's next waits return, in order (then the real call): its
+    /// `epoll_wait` calls, or its `epoll_pwait2` calls after the creation probe (the first
+    /// `epoll_pwait2` through this seam, which only [`Faults::epoll_pwait2`] affects).
     pub epoll_wait: Mutex<VecDeque<Errno>>,
-    /// How many `epoll_wait` calls were made.
+    /// How many waits (`epoll_wait`, or `epoll_pwait2` after the probe) were made.
     pub waits: AtomicUsize,
     /// Descriptors opened through this seam that a failure path should have closed.
     pub opened: Mutex<Vec<i32>>,
+    /// Fail `epoll_pwait2` (the creation probe and every wait).
+    pub epoll_pwait2: Option<Errno>,
+    /// Fail `timerfd_create(CLOCK_MONOTONIC)`.
+    pub timerfd_monotonic: Option<Errno>,
+    /// Fail `timerfd_create(CLOCK_BOOTTIME)`.
+    pub timerfd_boottime: Option<Errno>,
+    /// How many `timerfd_settime` calls were made.
+    pub settimes: AtomicUsize,
+    /// Whether the creation probe (the first `epoll_pwait2`) was made.
+    pub probed: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -242,6 +254,38 @@ impl Syscalls for Faults {
             return Err(e);
         }
         RealSyscalls.epoll_wait(epoll_fd, events, timeout_ms)
+    }
+    fn epoll_pwait2(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        events: &mut Vec<epoll::Event>,
+        timeout: Option<Duration>,
+    ) -> rustix::io::Result<usize> {
+        if let Some(e) = self.epoll_pwait2 {
+            return Err(e);
+        }
+        if self.probed.swap(true, Ordering::SeqCst) {
+            self.waits.fetch_add(1, Ordering::SeqCst);
+            if let Some(e) = self.epoll_wait.lock().unwrap().pop_front() {
+                return Err(e);
+            }
+        }
+        RealSyscalls.epoll_pwait2(epoll_fd, events, timeout)
+    }
+    fn timerfd_create(&self, clock: TimerClock) -> rustix::io::Result<OwnedFd> {
+        let fault = match clock {
+            TimerClock::Monotonic => self.timerfd_monotonic,
+            TimerClock::Boottime => self.timerfd_boottime,
+        };
+        fail_or(fault, || RealSyscalls.timerfd_create(clock)).inspect(|fd| self.note(fd))
+    }
+    fn timerfd_settime(
+        &self,
+        fd: BorrowedFd<'_>,
+        deadline_ns: Option<u64>,
+    ) -> rustix::io::Result<()> {
+        self.settimes.fetch_add(1, Ordering::SeqCst);
+        RealSyscalls.timerfd_settime(fd, deadline_ns)
     }
 }
 

@@ -31,6 +31,20 @@ fn in_forked_child(el: EventLoop) -> bool {
         assert_eq!(e.kind, ScheduleErrorKind::Forked);
         let e = h.spawn(async {}).unwrap_err();
         assert_eq!(e.kind, ScheduleErrorKind::Forked);
+        let e = h
+            .schedule_after(std::time::Duration::from_millis(1), |_, _| ())
+            .unwrap_err();
+        assert_eq!(e.kind, ScheduleErrorKind::Forked);
+        let e = h
+            .schedule_at_instant(h.now_instant(), |_, _| ())
+            .unwrap_err();
+        assert_eq!(e.kind, ScheduleErrorKind::Forked);
+        let e = h
+            .schedule_every(std::time::Duration::from_millis(1), |_, _| {
+                reseau_linux::IntervalControl::Continue
+            })
+            .unwrap_err();
+        assert_eq!(e.kind, ScheduleErrorKind::Forked);
         let (mine, _theirs) = UnixStream::pair().unwrap();
         mine.set_nonblocking(true).unwrap();
         let e = h
@@ -82,6 +96,36 @@ fn fork_and_drop_in_child(el: EventLoop) -> (EventLoop, i32) {
         }
     };
     (el, status)
+}
+
+#[test]
+fn p04_a_forked_child_cannot_cancel_an_inherited_interval_and_the_parent_still_can() {
+    let _s = serial();
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let (tx, rx) = channel();
+    let interval = el
+        .schedule_every(std::time::Duration::from_secs(3600), move |_, tick| {
+            tx.send(tick.status).unwrap();
+            reseau_linux::IntervalControl::Continue
+        })
+        .unwrap();
+    // SAFETY: the child only reads atomics of memory it owns (the cancel is refused before
+    // any lock is taken) and exits with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let refused = !interval.cancel() && interval.is_active();
+        // SAFETY: ends the child at once, without running the parent's atexit handlers.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; `pid` is our child, which never blocks.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "the child's cancel was not refused");
+    assert!(interval.cancel(), "the parent's interval was untouched");
+    assert_eq!(recv(&rx), reseau_linux::TickStatus::Canceled);
+    el.destroy().unwrap();
 }
 
 /// A subscription on one end of a socketpair that reports each readable edge.
@@ -166,6 +210,13 @@ fn p02_ten_thousand_create_destroy_cycles_on_every_path_return_fds_and_threads_t
     let _s = serial();
     let paths = [
         ("modern", Arc::new(Faults::default())),
+        (
+            "timerfd",
+            Arc::new(Faults {
+                epoll_pwait2: Some(Errno::NOSYS),
+                ..Faults::default()
+            }),
+        ),
         (
             "pipe2",
             Arc::new(Faults {

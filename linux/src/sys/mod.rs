@@ -18,6 +18,22 @@
 //!   ends. Sandboxes that filter `eventfd2` (some seccomp profiles answer `ENOSYS`) take
 //!   the pipe path.
 //!
+//! - timer (how a deadline is waited for), probed once per loop at creation:
+//!   `epoll_pwait2` with a nanosecond timeout (Linux ≥ 5.11; probed by one zero-timeout
+//!   call) → a `CLOCK_MONOTONIC` `timerfd` (`TFD_CLOEXEC|TFD_NONBLOCK`, Linux ≥ 2.6.25)
+//!   in the epoll set, armed with the absolute next deadline (`TFD_TIMER_ABSTIME`), the
+//!   `epoll_wait` timeout (whole ms, rounded up) left as a backstop → `epoll_wait` alone,
+//!   whole milliseconds rounded up ([`TimerBackend`]). With
+//!   [`Clock::Boottime`](crate::Clock::Boottime) the chain starts at a `CLOCK_BOOTTIME`
+//!   timerfd (Linux ≥ 3.15), so a suspend does not delay due tasks. A rung is skipped
+//!   when its call fails with `ENOSYS` (the kernel lacks it), `EPERM` (container seccomp
+//!   profiles, Docker's among them, answer syscalls they do not know with `EPERM` rather
+//!   than `ENOSYS`) or `EINVAL` (`timerfd_create` on a kernel without `CLOCK_BOOTTIME`).
+//!   Masking `EPERM` here costs only precision, never correctness, which is why this chain
+//!   allows it and the descriptor chains above do not. Any other errno (`EMFILE`, …)
+//!   is returned. Every rung is exact about "never early"; they differ in lateness (the
+//!   README's "Timers" has the measured numbers).
+//!
 //! Every descriptor is held as an `OwnedFd` from the moment it exists, so a failure at any
 //! later step closes what was already opened. aws-c-io's epoll fd is never close-on-exec,
 //! and its pipe fallback "sets" `FD_CLOEXEC` with `F_SETFL` (a no-op); here every path
@@ -25,6 +41,10 @@
 
 pub mod legacy;
 pub(crate) mod signal;
+mod timer;
+
+pub use timer::TimerClock;
+pub(crate) use timer::create_timer;
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -53,6 +73,28 @@ pub enum WakeupBackend {
     Pipe,
 }
 
+/// How the loop waits for its next deadline (see the module docs for the chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerBackend {
+    /// `epoll_pwait2` with the timeout in nanoseconds: precise, no extra descriptor.
+    Pwait2,
+    /// A `CLOCK_MONOTONIC` timerfd in the epoll set, armed with the absolute deadline.
+    Timerfd,
+    /// A `CLOCK_BOOTTIME` timerfd ([`Clock::Boottime`](crate::Clock::Boottime)): time spent
+    /// suspended counts, so due tasks run at resume.
+    TimerfdBoottime,
+    /// `epoll_wait` with the timeout in whole milliseconds, rounded up (late by up to 1 ms
+    /// plus the kernel's slack; never early).
+    Millis,
+}
+
+impl TimerBackend {
+    /// Whether this backend waits with a timerfd (one more descriptor in the loop).
+    pub fn uses_timerfd(self) -> bool {
+        matches!(self, TimerBackend::Timerfd | TimerBackend::TimerfdBoottime)
+    }
+}
+
 /// The path descriptor creation took; see [`EventLoop::backend`](crate::EventLoop::backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Backend {
@@ -60,6 +102,8 @@ pub struct Backend {
     pub epoll: EpollBackend,
     /// How the wakeup was created.
     pub wakeup: WakeupBackend,
+    /// How deadlines are waited for.
+    pub timer: TimerBackend,
 }
 
 impl fmt::Display for Backend {
@@ -73,7 +117,13 @@ impl fmt::Display for Backend {
             WakeupBackend::Pipe2 => "pipe2(O_NONBLOCK|O_CLOEXEC)",
             WakeupBackend::Pipe => "pipe + F_SETFD(FD_CLOEXEC) + FIONBIO",
         };
-        write!(f, "epoll: {epoll}; wakeup: {wakeup}")
+        let timer = match self.timer {
+            TimerBackend::Pwait2 => "epoll_pwait2 (ns timeout)",
+            TimerBackend::Timerfd => "timerfd(CLOCK_MONOTONIC, TFD_TIMER_ABSTIME)",
+            TimerBackend::TimerfdBoottime => "timerfd(CLOCK_BOOTTIME, TFD_TIMER_ABSTIME)",
+            TimerBackend::Millis => "epoll_wait (ms timeout, rounded up)",
+        };
+        write!(f, "epoll: {epoll}; wakeup: {wakeup}; timer: {timer}")
     }
 }
 
@@ -196,6 +246,34 @@ pub trait Syscalls: Send + Sync + 'static {
         flags: epoll::EventFlags,
     ) -> rustix::io::Result<()> {
         epoll::modify(epoll_fd, fd, epoll::EventData::new_u64(data), flags)
+    }
+
+    /// `epoll_pwait2` (Linux ≥ 5.11) into `events`' spare capacity (appending), for at
+    /// most `timeout` (`None`: no limit), with no signal mask; issued as a raw syscall.
+    /// Returns how many events were appended.
+    fn epoll_pwait2(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        events: &mut Vec<epoll::Event>,
+        timeout: Option<std::time::Duration>,
+    ) -> rustix::io::Result<usize> {
+        timer::epoll_pwait2(epoll_fd, events, timeout)
+    }
+
+    /// `timerfd_create(clock, TFD_CLOEXEC|TFD_NONBLOCK)`.
+    fn timerfd_create(&self, clock: TimerClock) -> rustix::io::Result<OwnedFd> {
+        timer::timerfd_create(clock)
+    }
+
+    /// `timerfd_settime(fd, TFD_TIMER_ABSTIME, deadline)`, one-shot: `Some(ns)` arms the
+    /// timer for that absolute time of its clock (a past time expires at once), `None`
+    /// disarms it.
+    fn timerfd_settime(
+        &self,
+        fd: BorrowedFd<'_>,
+        deadline_ns: Option<u64>,
+    ) -> rustix::io::Result<()> {
+        timer::timerfd_settime(fd, deadline_ns)
     }
 }
 
