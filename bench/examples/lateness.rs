@@ -1,5 +1,6 @@
 //! Timer lateness: how long after its deadline a timer's callback runs, for reseau on each
-//! rung of its timer chain, tokio's current_thread `sleep` and calloop's `Timer`.
+//! rung of its timer chain, tokio's current_thread `sleep`, calloop's `Timer`, and the machine's
+//! floor (a bare thread in `clock_nanosleep`).
 //!
 //! Each row is a chain of one-shot timers: every callback records `now − deadline` and
 //! arms the next timer `period` after its own now, so the loop is idle between firings
@@ -7,7 +8,7 @@
 //! 10 ms (`RESEAU_LATENESS_SCALE=0.1` runs a tenth of each).
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-b cargo run --release --example lateness
+//! cd bench && cargo run --release --example lateness
 //! ```
 //!
 //! Lateness is measured on `CLOCK_MONOTONIC` (reseau's loop clock; std's and tokio's
@@ -124,6 +125,31 @@ fn calloop_timer(period: Duration, n: usize) -> Vec<i64> {
     v
 }
 
+/// The machine's floor: a plain thread sleeping to each absolute deadline with
+/// `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` at a 1 ns timer slack — no loop, no
+/// queue, no epoll. What remains is the kernel's and the hypervisor's wake-up latency.
+fn raw_floor(period: Duration, n: usize) -> Vec<i64> {
+    std::thread::spawn(move || {
+        use rustix::thread::{ClockId, clock_nanosleep_absolute, set_current_timer_slack};
+        set_current_timer_slack(std::num::NonZeroU64::new(1)).unwrap();
+        let mono = || rustix::time::clock_gettime(ClockId::Monotonic);
+        let ns = |t: rustix::time::Timespec| t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let deadline = ns(mono()) + period.as_nanos() as i64;
+            let ts = rustix::time::Timespec {
+                tv_sec: deadline / 1_000_000_000,
+                tv_nsec: deadline % 1_000_000_000,
+            };
+            while clock_nanosleep_absolute(ClockId::Monotonic, &ts).is_err() {}
+            v.push(ns(mono()) - deadline);
+        }
+        v
+    })
+    .join()
+    .unwrap()
+}
+
 fn row(name: &str, period: Duration, mut v: Vec<i64>) {
     v.sort_unstable();
     let us = |ns: i64| ns as f64 / 1000.0;
@@ -167,5 +193,10 @@ fn main() {
         }
         row("tokio current_thread sleep", period, tokio_sleep(period, n));
         row("calloop Timer", period, calloop_timer(period, n));
+        row(
+            "floor: clock_nanosleep thread",
+            period,
+            raw_floor(period, n),
+        );
     }
 }

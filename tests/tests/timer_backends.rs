@@ -385,3 +385,55 @@ impl Syscalls for ArmRecorder {
         RealSyscalls.timerfd_settime(fd, deadline_ns)
     }
 }
+
+/// The loop thread's timer slack, read by a task on it.
+fn loop_thread_slack(el: &EventLoop) -> u64 {
+    let (tx, rx) = channel();
+    el.schedule_now(move |_, _| {
+        tx.send(rustix::thread::current_timer_slack().unwrap())
+            .unwrap()
+    })
+    .unwrap();
+    recv(&rx)
+}
+
+#[test]
+fn the_loop_thread_takes_the_configured_timer_slack_and_none_keeps_the_inherited_one() {
+    let inherited = rustix::thread::current_timer_slack().unwrap();
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    assert_eq!(loop_thread_slack(&el), 1_000, "the default: 1 µs");
+    el.destroy().unwrap();
+
+    let mut el = EventLoop::new(EventLoopOptions {
+        timer_slack: Some(Duration::from_micros(7)),
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    assert_eq!(loop_thread_slack(&el), 7_000);
+    el.destroy().unwrap();
+
+    // Zero would mean "reset to the default" to the kernel: it is taken as 1 ns.
+    let mut el = EventLoop::new(EventLoopOptions {
+        timer_slack: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    assert_eq!(loop_thread_slack(&el), 1);
+    el.destroy().unwrap();
+
+    let mut el = EventLoop::new(EventLoopOptions {
+        timer_slack: None,
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    assert_eq!(
+        loop_thread_slack(&el),
+        inherited,
+        "None keeps what the thread inherits"
+    );
+    el.destroy().unwrap();
+}
