@@ -133,7 +133,7 @@ fn raw_floor(period: Duration, n: usize) -> Vec<i64> {
         use rustix::thread::{ClockId, clock_nanosleep_absolute, set_current_timer_slack};
         set_current_timer_slack(std::num::NonZeroU64::new(1)).unwrap();
         let mono = || rustix::time::clock_gettime(ClockId::Monotonic);
-        let ns = |t: rustix::time::Timespec| t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64;
+        let ns = |t: rustix::time::Timespec| t.tv_sec * 1_000_000_000 + t.tv_nsec;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let deadline = ns(mono()) + period.as_nanos() as i64;
