@@ -1,11 +1,15 @@
-//! Edge-triggered IO readiness subscriptions.
+//! IO readiness subscriptions: edge-triggered by default, level-triggered or one-shot on
+//! request.
 //!
 //! A subscription owns its source (anything `AsFd`): it cannot be closed while registered
 //! (io-safety), [`LoopHandle::unsubscribe`](crate::LoopHandle::unsubscribe) hands it back,
 //! and destroy drops the ones left. Sources are registered with
 //! `EPOLLET | EPOLLRDHUP | EPOLLHUP | EPOLLERR` plus `EPOLLIN` / `EPOLLOUT`: readiness is
 //! reported on *edges*, so a callback must read (or write) until `EAGAIN` before it can
-//! expect another event, and a blocking descriptor is refused.
+//! expect another event, and a blocking descriptor is refused. [`Interest::LEVEL`] drops
+//! `EPOLLET` (the callback runs every tick while the source is ready);
+//! [`Interest::ONESHOT`] adds `EPOLLONESHOT` (one event, then disabled until `modify`
+//! re-arms it). The mode bits ride in the [`Interest`], so `modify` can change them too.
 //!
 //! The epoll data of a registration is its slab index and the slot's generation, never a
 //! pointer: an event for a subscription removed earlier in the same batch (or whose
@@ -30,10 +34,22 @@ impl Interest {
     pub const READABLE: Self = Self(1);
     /// Writable (`EPOLLOUT`).
     pub const WRITABLE: Self = Self(2);
+    /// A mode, not a direction: level-triggered (no `EPOLLET`). The callback runs in every
+    /// tick while the source stays ready, so it need not drain to `EAGAIN` — and a callback
+    /// that neither drains nor unsubscribes keeps the loop from ever sleeping.
+    pub const LEVEL: Self = Self(4);
+    /// A mode, not a direction: one-shot (`EPOLLONESHOT`). After one event the kernel
+    /// disables the registration until [`modify`](crate::LoopHandle::modify) re-arms it
+    /// (from the callback itself too: the change applies when it returns); combines with
+    /// [`LEVEL`](Self::LEVEL) or the default edge-triggered mode.
+    pub const ONESHOT: Self = Self(8);
 
-    /// Whether no interest is set (refused by `subscribe`).
+    const DIRECTIONS: u8 = 1 | 2;
+
+    /// Whether no direction (readable, writable) is set: refused by `subscribe` and
+    /// `modify`, whatever the mode bits.
     pub const fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & Self::DIRECTIONS == 0
     }
 
     /// Whether every interest in `other` is set here.
@@ -42,7 +58,13 @@ impl Interest {
     }
 
     pub(crate) fn epoll_flags(self) -> EventFlags {
-        let mut flags = EventFlags::ET | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        let mut flags = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        if !self.contains(Self::LEVEL) {
+            flags |= EventFlags::ET;
+        }
+        if self.contains(Self::ONESHOT) {
+            flags |= EventFlags::ONESHOT;
+        }
         if self.contains(Self::READABLE) {
             flags |= EventFlags::IN;
         }
@@ -62,7 +84,12 @@ impl BitOr for Interest {
 
 impl fmt::Debug for Interest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = [(Self::READABLE, "READABLE"), (Self::WRITABLE, "WRITABLE")];
+        let names = [
+            (Self::READABLE, "READABLE"),
+            (Self::WRITABLE, "WRITABLE"),
+            (Self::LEVEL, "LEVEL"),
+            (Self::ONESHOT, "ONESHOT"),
+        ];
         write_flags(
             f,
             names

@@ -606,3 +606,105 @@ fn c22_one_tick_dispatches_io_then_drains_the_inbox_then_runs_what_is_due() {
     assert_eq!(*order.lock().unwrap(), ["io", "inbox", "due"]);
     el.destroy().unwrap();
 }
+
+/// A callback that reads one byte per call (never to `EAGAIN`) and reports the call.
+fn one_byte_reader(
+    tx: Sender<Readiness>,
+) -> impl FnMut(&LoopHandle, &mut OwnedFd, Readiness) -> IoControl + Send + 'static {
+    move |_, fd, r| {
+        let mut b = [0u8; 1];
+        let _ = rustix::io::read(&*fd, &mut b);
+        tx.send(r).unwrap();
+        IoControl::Keep
+    }
+}
+
+#[test]
+fn level_triggered_fires_every_tick_while_data_is_left_and_edge_fires_once() {
+    let mut el = running();
+    let h = el.handle();
+    for (mode, expected) in [(Interest::LEVEL, 3), (Interest::READABLE, 1)] {
+        let (r, w) = pipe();
+        let (tx, rx) = channel();
+        h.subscribe(r, Interest::READABLE | mode, one_byte_reader(tx))
+            .unwrap();
+        assert_eq!(rustix::io::write(&w, b"abc").unwrap(), 3);
+        for _ in 0..expected {
+            assert!(recv(&rx).is_readable());
+        }
+        ticks(&h, 5);
+        assert_eq!(
+            count(&rx),
+            0,
+            "{mode:?}: {expected} calls read the 3 bytes (or the edge was spent)"
+        );
+    }
+    el.destroy().unwrap();
+}
+
+#[test]
+fn one_shot_fires_once_until_modify_rearms_it_even_from_its_own_callback() {
+    let mut el = running();
+    let h = el.handle();
+    let (r, w) = pipe();
+    let (tx, rx) = channel();
+    let oneshot = Interest::READABLE | Interest::ONESHOT;
+    let sub = h.subscribe(r, oneshot, reporter(tx)).unwrap();
+    write_byte(&w);
+    assert!(recv(&rx).is_readable());
+    write_byte(&w);
+    ticks(&h, 5);
+    assert_eq!(count(&rx), 0, "disabled after its one event");
+    h.modify(&sub, oneshot).unwrap();
+    assert!(recv(&rx).is_readable(), "re-armed: the unread data fires");
+    ticks(&h, 5);
+    assert_eq!(count(&rx), 0, "and it is disabled again");
+
+    // A callback that re-arms itself: one event per write, never more.
+    let (r, w) = pipe();
+    let (tx, rx) = channel();
+    let (sub_tx, sub_rx) = channel::<Subscription>();
+    let sub_rx = Mutex::new(sub_rx);
+    let mut me = None;
+    let sub = h
+        .subscribe(r, oneshot, move |h, fd: &mut OwnedFd, ready| {
+            drain(fd.as_fd());
+            let me = *me.get_or_insert_with(|| sub_rx.lock().unwrap().recv().unwrap());
+            h.modify(&me, oneshot).unwrap();
+            tx.send(ready).unwrap();
+            IoControl::Keep
+        })
+        .unwrap();
+    sub_tx.send(sub).unwrap();
+    for _ in 0..3 {
+        write_byte(&w);
+        assert!(recv(&rx).is_readable());
+    }
+    ticks(&h, 5);
+    assert_eq!(count(&rx), 0);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn mode_bits_alone_are_an_empty_interest() {
+    let el = running();
+    let (r, _w) = pipe();
+    let e = el
+        .subscribe(r, Interest::LEVEL | Interest::ONESHOT, |_, _, _| {
+            IoControl::Keep
+        })
+        .unwrap_err();
+    assert_eq!(e.kind, SubscribeErrorKind::EmptyInterest);
+    let (r, _w) = pipe();
+    let sub = el
+        .subscribe(r, Interest::READABLE, |_, _, _| IoControl::Keep)
+        .unwrap();
+    assert!(el.modify(&sub, Interest::LEVEL).is_err());
+    assert_eq!(
+        format!(
+            "{:?}",
+            Interest::READABLE | Interest::LEVEL | Interest::ONESHOT
+        ),
+        "READABLE | LEVEL | ONESHOT"
+    );
+}
