@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::futures::Futures;
 use crate::handle::LoopHandle;
 use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
-use crate::stats::Counters;
+use crate::stats::{CachePadded, Counters};
 use crate::sys::{Backend, SysError, Syscalls, TimerBackend};
 use crate::thread_id;
 use crate::wakeup::Wakeup;
@@ -82,7 +83,16 @@ pub(crate) struct LinuxPlatform {
     pub(crate) futures: Futures,
     /// What [`guard`](Self::guard) does after a caught panic.
     on_panic: crate::panics::PanicPolicy,
+    /// `EventLoopOptions::spin_before_park`, in ns (0: off).
+    spin_ns: u64,
+    /// The spin-before-park handshake with producers: `IDLE`, `SPINNING` (the driver is
+    /// spinning instead of blocking), `WOKEN` (a producer's wake landed during the spin).
+    spinning: CachePadded<AtomicU8>,
 }
+
+const IDLE: u8 = 0;
+const SPINNING: u8 = 1;
+const WOKEN: u8 = 2;
 
 impl LinuxPlatform {
     /// The platform of the loop `loop_id`, over its descriptors; the clock, the syscall
@@ -116,6 +126,10 @@ impl LinuxPlatform {
             exit_cv: Condvar::new(),
             futures: Futures::default(),
             on_panic: options.on_panic,
+            spin_ns: options
+                .spin_before_park
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            spinning: CachePadded(AtomicU8::new(IDLE)),
         }
     }
 
@@ -151,6 +165,49 @@ impl LinuxPlatform {
         }
         *registered = true;
         Ok(())
+    }
+
+    /// [`wait`](Self::wait), after spinning for up to `spin_ns` (never past `timeout`)
+    /// when the wait would block: the spin polls epoll without blocking (IO readiness, and
+    /// a wakeup written before it began) and watches the `spinning` flag, which a producer's
+    /// [`wake`](Platform::wake) turns to `WOKEN` instead of writing the wakeup. A wake that
+    /// lands after the spin ends finds `IDLE` and writes the wakeup as usual, so none is
+    /// lost: the flag's last transition is either the driver's swap to `IDLE` (then the
+    /// producer writes) or the producer's CAS to `WOKEN` (then the driver's swap sees it).
+    fn spin_then_wait(
+        &self,
+        events: &mut Vec<epoll::Event>,
+        timeout: Option<u64>,
+    ) -> Result<usize, Errno> {
+        if self.spin_ns == 0 || timeout == Some(0) {
+            return self.wait(events, timeout);
+        }
+        let budget = timeout.map_or(self.spin_ns, |t| t.min(self.spin_ns));
+        let start = mono_now();
+        self.spinning.store(SPINNING, Ordering::SeqCst);
+        let mut spent;
+        loop {
+            match self.wait(events, Some(0)) {
+                Ok(0) => {}
+                other => {
+                    self.spinning.store(IDLE, Ordering::Release);
+                    return other;
+                }
+            }
+            if self.spinning.load(Ordering::Acquire) == WOKEN {
+                self.spinning.store(IDLE, Ordering::Release);
+                return Ok(0);
+            }
+            spent = mono_now().saturating_sub(start);
+            if spent >= budget {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if self.spinning.swap(IDLE, Ordering::AcqRel) == WOKEN {
+            return Ok(0);
+        }
+        self.wait(events, timeout.map(|t| t.saturating_sub(spent)))
     }
 
     /// Waits in the kernel for events, at most `timeout` ns, by the loop's timer backend.
@@ -288,6 +345,16 @@ impl Platform for LinuxPlatform {
     }
 
     fn wake(&self) {
+        // A driver spinning before it parks sees this flag: no write, no read, no syscall.
+        if self.spin_ns != 0
+            && self
+                .spinning
+                .compare_exchange(SPINNING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            Counters::bump(&self.counters.producers.wakeups_spun, 1);
+            return;
+        }
         if let Err(errno) = self.wakeup.wake() {
             crate::log_at!(error, "reseau: writing the wakeup failed: {errno}");
         }
@@ -304,7 +371,7 @@ impl Platform for LinuxPlatform {
         let mut events = std::mem::take(&mut lock(&self.events).0);
         events.clear();
         Counters::bump(&self.counters.epoll_waits, 1);
-        let result = self.wait(&mut events, timeout);
+        let result = self.spin_then_wait(&mut events, timeout);
         self.load.tick_start(mono_now());
         let outcome = match result {
             Ok(_) => {

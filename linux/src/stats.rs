@@ -14,6 +14,9 @@ pub struct Stats {
     /// Cross-thread schedules that needed no wakeup (one was already pending or the loop
     /// was awake).
     pub wakeups_coalesced: u64,
+    /// Cross-thread wakes delivered to a loop spinning before it parks
+    /// (`EventLoopOptions::spin_before_park`): a flag, no wakeup write.
+    pub wakeups_spun: u64,
     /// Calls to `epoll_wait`.
     pub epoll_waits: u64,
     /// Events returned by `epoll_wait` and dispatched (the wakeup's included).
@@ -57,6 +60,7 @@ pub(crate) struct Counters {
 pub(crate) struct ProducerCounters {
     pub wakeups_written: AtomicU64,
     pub wakeups_coalesced: AtomicU64,
+    pub wakeups_spun: AtomicU64,
 }
 
 impl Counters {
@@ -71,6 +75,7 @@ impl Counters {
             tasks_canceled: r(&self.tasks_canceled),
             wakeups_written: r(&self.producers.wakeups_written),
             wakeups_coalesced: r(&self.producers.wakeups_coalesced),
+            wakeups_spun: r(&self.producers.wakeups_spun),
             epoll_waits: r(&self.epoll_waits),
             events_dispatched: r(&self.events_dispatched),
             panics_caught: r(&self.panics_caught),

@@ -1,0 +1,136 @@
+//! `EventLoopOptions::spin_before_park`: a loop about to block spins first, polling epoll
+//! without blocking and watching a flag that a cross-thread wake sets instead of writing
+//! the wakeup. Nothing may be lost or delayed past its time by the spin: cross-thread
+//! tasks, IO readiness, deadlines and stop all reach a spinning loop.
+
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl, LoopHandle};
+use reseau_tests::util::recv;
+use rustix::pipe::{PipeFlags, pipe_with};
+
+/// A spin far longer than any test: only a wake, an event or a deadline ends it.
+const LONG: Duration = Duration::from_secs(30);
+
+fn spinning_loop(spin: Option<Duration>) -> EventLoop {
+    let el = EventLoop::new(EventLoopOptions {
+        spin_before_park: spin,
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    el
+}
+
+fn round_trip(h: &LoopHandle) {
+    let (tx, rx) = channel();
+    h.schedule_now(move |_, _| tx.send(()).unwrap()).unwrap();
+    recv(&rx);
+}
+
+#[test]
+fn cross_thread_schedules_to_a_spinning_loop_write_no_wakeup_and_all_run() {
+    let mut el = spinning_loop(Some(LONG));
+    let h = el.handle();
+    for _ in 0..1000 {
+        round_trip(&h);
+    }
+    let stats = h.stats();
+    // The first schedule may come before the loop thread ever spun; after that it never
+    // blocks (the spin is longer than the test), so no wake needs a write.
+    assert!(stats.wakeups_written <= 1, "{stats:?}");
+    assert!(
+        stats.wakeups_spun > 0,
+        "no wake reached the spin: {stats:?}"
+    );
+    assert_eq!(stats.tasks_run, 1000);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn without_spin_no_wake_goes_through_the_flag() {
+    let mut el = spinning_loop(None);
+    let h = el.handle();
+    for _ in 0..200 {
+        round_trip(&h);
+    }
+    assert_eq!(h.stats().wakeups_spun, 0);
+    el.destroy().unwrap();
+}
+
+#[test]
+fn io_readiness_reaches_a_spinning_loop() {
+    let mut el = spinning_loop(Some(LONG));
+    let h = el.handle();
+    let (r, w) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).unwrap();
+    let (tx, rx) = channel();
+    h.subscribe(r, Interest::READABLE, move |_, fd, _| {
+        let mut b = [0u8; 8];
+        while let Ok(1..) = rustix::io::read(&*fd, &mut b) {}
+        tx.send(()).unwrap();
+        IoControl::Keep
+    })
+    .unwrap();
+    for _ in 0..100 {
+        round_trip(&h); // the loop is idle (spinning) again after each
+        assert_eq!(rustix::io::write(&w, b"x").unwrap(), 1);
+        recv(&rx);
+    }
+    el.destroy().unwrap();
+}
+
+#[test]
+fn a_spinning_loop_never_spins_past_a_deadline() {
+    let mut el = spinning_loop(Some(LONG));
+    let h = el.handle();
+    round_trip(&h);
+    let (tx, rx) = channel();
+    let start = Instant::now();
+    h.schedule_after(Duration::from_millis(5), move |_, _| tx.send(()).unwrap())
+        .unwrap();
+    recv(&rx);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(5), "early: {took:?}");
+    assert!(took < LONG / 2, "the spin ran past the deadline: {took:?}");
+    el.destroy().unwrap();
+}
+
+#[test]
+fn stop_and_destroy_reach_a_spinning_loop() {
+    let mut el = spinning_loop(Some(LONG));
+    let h = el.handle();
+    round_trip(&h);
+    let start = Instant::now();
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    el.run().unwrap();
+    round_trip(&h);
+    el.destroy().unwrap();
+    assert!(
+        start.elapsed() < LONG / 2,
+        "stop or destroy waited for the spin: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_caller_driven_turn_spins_too_and_a_cross_thread_task_ends_it() {
+    let el = EventLoop::new(EventLoopOptions {
+        spin_before_park: Some(LONG),
+        ..Default::default()
+    })
+    .unwrap();
+    let h = el.handle();
+    el.turn(Some(Duration::ZERO)).unwrap();
+    let (tx, rx) = channel();
+    let producer = std::thread::spawn(move || {
+        h.schedule_now(move |_, _| tx.send(()).unwrap()).unwrap();
+    });
+    let start = Instant::now();
+    while rx.try_recv().is_err() {
+        assert!(start.elapsed() < LONG / 2, "the turn never returned");
+        el.turn(Some(LONG)).unwrap();
+    }
+    producer.join().unwrap();
+}
