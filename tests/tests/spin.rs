@@ -3,11 +3,15 @@
 //! the wakeup. Nothing may be lost or delayed past its time by the spin: cross-thread
 //! tasks, IO readiness, deadlines and stop all reach a spinning loop.
 
+use std::os::fd::BorrowedFd;
 use std::sync::mpsc::channel;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use reseau_linux::sys::{RealSyscalls, Syscalls};
 use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl, LoopHandle};
-use reseau_tests::util::recv;
+use reseau_tests::util::{GUARD, recv};
+use rustix::event::epoll;
 use rustix::pipe::{PipeFlags, pipe_with};
 
 /// A spin far longer than any test: only a wake, an event or a deadline ends it.
@@ -29,8 +33,84 @@ fn round_trip(h: &LoopHandle) {
     recv(&rx);
 }
 
+/// The kernel, counting the non-blocking polls a spin makes; `spinning()` returns once the
+/// loop has made `n` more of them in a row — it is then spinning, not about to.
+#[derive(Default)]
+struct SpinWatch {
+    polls: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl SpinWatch {
+    fn saw(&self, timeout_is_zero: bool) {
+        let mut polls = self.polls.lock().unwrap();
+        *polls = if timeout_is_zero { *polls + 1 } else { 0 };
+        self.cv.notify_all();
+    }
+
+    fn spinning(&self, n: u64) {
+        let start = *self.polls.lock().unwrap();
+        let guard = self
+            .cv
+            .wait_timeout_while(self.polls.lock().unwrap(), GUARD, |p| *p < start + n)
+            .unwrap();
+        assert!(!guard.1.timed_out(), "the loop never spun");
+    }
+}
+
+impl Syscalls for SpinWatch {
+    fn epoll_wait(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        events: &mut Vec<epoll::Event>,
+        timeout_ms: Option<u32>,
+    ) -> rustix::io::Result<usize> {
+        self.saw(timeout_ms == Some(0));
+        RealSyscalls.epoll_wait(epoll_fd, events, timeout_ms)
+    }
+
+    fn epoll_pwait2(
+        &self,
+        epoll_fd: BorrowedFd<'_>,
+        events: &mut Vec<epoll::Event>,
+        timeout: Option<Duration>,
+    ) -> rustix::io::Result<usize> {
+        self.saw(timeout == Some(Duration::ZERO));
+        RealSyscalls.epoll_pwait2(epoll_fd, events, timeout)
+    }
+}
+
 #[test]
-fn cross_thread_schedules_to_a_spinning_loop_write_no_wakeup_and_all_run() {
+fn a_wake_that_finds_the_loop_spinning_sets_the_flag_and_writes_nothing() {
+    let watch = Arc::new(SpinWatch::default());
+    let mut el = EventLoop::new(EventLoopOptions {
+        spin_before_park: Some(LONG),
+        syscalls: watch.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    for round in 1..=20 {
+        watch.spinning(3);
+        let before = h.stats();
+        round_trip(&h);
+        let after = h.stats();
+        assert_eq!(
+            after.wakeups_spun,
+            before.wakeups_spun + 1,
+            "round {round}: {after:?}"
+        );
+        assert_eq!(
+            after.wakeups_written, before.wakeups_written,
+            "round {round}"
+        );
+    }
+    el.destroy().unwrap();
+}
+
+#[test]
+fn cross_thread_schedules_to_a_spinning_loop_all_run() {
     let mut el = spinning_loop(Some(LONG));
     let h = el.handle();
     for _ in 0..1000 {
@@ -41,11 +121,7 @@ fn cross_thread_schedules_to_a_spinning_loop_write_no_wakeup_and_all_run() {
     // written (a wake landing before the first spin, or between the engine's
     // `prepare_park` and the spin's start) depends on the two threads' timing: only that
     // the flag path is taken, and that nothing is lost, is exact.
-    assert!(
-        stats.wakeups_spun > 0,
-        "no wake reached the spin: {stats:?}"
-    );
-    assert_eq!(stats.tasks_run, 1000);
+    assert_eq!(stats.tasks_run, 1000, "{stats:?}");
     el.destroy().unwrap();
 }
 
