@@ -370,12 +370,12 @@ impl Platform for LinuxPlatform {
         self.load.tick_end(idle_from);
         let mut events = std::mem::take(&mut lock(&self.events).0);
         events.clear();
-        Counters::bump(&self.counters.epoll_waits, 1);
+        Counters::bump_driver(&self.counters.epoll_waits, 1);
         let result = self.spin_then_wait(&mut events, timeout);
         self.load.tick_start(mono_now());
         let outcome = match result {
             Ok(_) => {
-                Counters::bump(&self.counters.events_dispatched, events.len() as u64);
+                Counters::bump_driver(&self.counters.events_dispatched, events.len() as u64);
                 for event in &events {
                     let token = event.data.u64();
                     if token == WAKEUP_TOKEN {
@@ -415,8 +415,8 @@ impl Platform for LinuxPlatform {
 
     fn run_task(&self, status: TaskStatus, f: impl FnOnce()) -> bool {
         match status {
-            TaskStatus::RunReady => Counters::bump(&self.counters.tasks_run, 1),
-            TaskStatus::Canceled => Counters::bump(&self.counters.tasks_canceled, 1),
+            TaskStatus::RunReady => Counters::bump_driver(&self.counters.tasks_run, 1),
+            TaskStatus::Canceled => Counters::bump_driver(&self.counters.tasks_canceled, 1),
         }
         let what = match status {
             TaskStatus::RunReady => "a task",

@@ -68,6 +68,17 @@ impl Counters {
         counter.fetch_add(by, Ordering::Relaxed);
     }
 
+    /// [`bump`](Self::bump) for a counter only the loop's driver writes (one thread at a
+    /// time, handed over with a happens-before edge by the engine): a plain load and store,
+    /// no locked read-modify-write on the task path. Readers on other threads see a value
+    /// at most a few increments stale, as with `bump`.
+    pub(crate) fn bump_driver(counter: &AtomicU64, by: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(by),
+            Ordering::Relaxed,
+        );
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
