@@ -21,9 +21,10 @@
 //! unblocks exactly the signals it blocked: on the dropping thread those that were not
 //! already blocked there when it subscribed ([`Signals`] is `!Send`, so that is the
 //! subscribing thread), and on the loop thread those its task blocked, by a task on the
-//! loop (while the loop runs) or at once (on the loop thread). Signals still pending on the
-//! descriptor when it is released are discarded. Restore in reverse order when two
-//! subscriptions share signals: the first to go unblocks what it blocked.
+//! loop (while the loop runs) or at once (on the loop thread). Signals still pending on the descriptor when it is released are
+//! discarded. Restore
+//! in reverse order when two subscriptions share signals: the first to go unblocks what
+//! it blocked.
 //!
 //! A blocked mask survives `exec`: a child process spawned from a thread with the set
 //! blocked starts with it blocked, and most programs never unblock it (a shell's Ctrl-C
@@ -283,7 +284,7 @@ impl Signals {
             let mut m = lock(&state);
             m.active = false;
             let added = std::mem::take(&mut m.added);
-            if unblock && added != 0 {
+            if unblock {
                 let _ = thread_mask(libc::SIG_UNBLOCK, added);
             }
         };
@@ -412,23 +413,17 @@ impl LoopHandle {
                 }));
             }
         };
-        let mut callback = callback;
-        let sub = self
-            .subscribe(fd, Interest::READABLE, move |h, fd, _ready| {
-                drain(fd, |info| callback(h, info));
-                IoControl::Keep
-            })
-            .map_err(|e| {
-                undo();
-                SignalError::Subscribe(e.kind)
-            })?;
         let loop_mask = Arc::new(Mutex::new(LoopMask {
             active: true,
             added: 0,
         }));
-        if !self.is_on_loop_thread() {
+        // Off the loop thread, the task that blocks the set there is scheduled before the
+        // descriptor is subscribed: a refused schedule (a full loop) then has nothing to
+        // take back from a running loop, whose subscriptions only its thread may remove.
+        let off_loop = !self.is_on_loop_thread();
+        let applied = Arc::new((Mutex::new(false), Condvar::new()));
+        if off_loop {
             let state = loop_mask.clone();
-            let applied = Arc::new((Mutex::new(false), Condvar::new()));
             let done = applied.clone();
             let scheduled = self.schedule_now(move |_, status| {
                 let mut m = lock(&state);
@@ -448,12 +443,37 @@ impl LoopHandle {
             if let Err(e) = scheduled {
                 let kind = e.kind;
                 drop(e);
-                if let Ok(fd) = self.unsubscribe::<OwnedFd>(sub) {
-                    drop(fd);
-                }
+                drop(fd);
                 undo();
                 return Err(SignalError::Schedule(kind));
             }
+        }
+        let mut callback = callback;
+        let subscribed = self.subscribe(fd, Interest::READABLE, move |h, fd, _ready| {
+            drain(fd, |info| callback(h, info));
+            IoControl::Keep
+        });
+        let sub = match subscribed {
+            Ok(sub) => sub,
+            Err(e) => {
+                let mut m = lock(&loop_mask);
+                m.active = false;
+                if m.added != 0 {
+                    // The blocking task ran already: undo it on the loop thread.
+                    drop(m);
+                    let state = loop_mask.clone();
+                    let _ = self.schedule_now(move |_, st| {
+                        let added = std::mem::take(&mut lock(&state).added);
+                        if st == TaskStatus::RunReady {
+                            let _ = thread_mask(libc::SIG_UNBLOCK, added);
+                        }
+                    });
+                }
+                undo();
+                return Err(SignalError::Subscribe(e.kind));
+            }
+        };
+        if off_loop {
             // A running loop thread must have blocked the set before this returns: a
             // signal sent right after would otherwise find that thread unblocked and take
             // its default action (for SIGUSR1, ending the process). A loop that is not

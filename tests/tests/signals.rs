@@ -64,6 +64,11 @@ fn a_forked_child_is_refused_before_its_mask_changes() {
 }
 
 #[test]
+fn subscribe_signals_refused_by_a_full_running_loop_leaves_no_subscription_or_descriptor() {
+    probe("full_loop_leaves_nothing");
+}
+
+#[test]
 fn invalid_signals_are_rejected_with_the_reason() {
     for signo in [0, -1, 65, libc::SIGRTMAX() + 1] {
         let e = SignalSet::new().with(signo).unwrap_err();

@@ -249,6 +249,38 @@ fn forked() {
     );
 }
 
+/// A running loop with every task slot taken: the task that blocks the set on the loop
+/// thread cannot be scheduled, so `subscribe_signals` fails — and leaves nothing behind:
+/// no subscription, no descriptor, the mask as it was.
+fn full_loop_leaves_nothing() {
+    let options = EventLoopOptions {
+        capacity: 4,
+        ..Default::default()
+    };
+    let el = EventLoop::new(options).unwrap();
+    el.run().unwrap();
+    while el.schedule_at(u64::MAX, |_, _| {}).is_ok() {}
+    let before_fds = open_fds();
+    let before_mask = blocked_on_this_thread().unwrap();
+    let err = el
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignalError::Schedule(reseau_linux::ScheduleErrorKind::Full { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(el.subscriptions(), 0, "no subscription left behind");
+    assert_eq!(open_fds(), before_fds, "no descriptor leaked");
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        before_mask,
+        "mask unchanged"
+    );
+}
+
 fn abort_in_signal_callback() {
     let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
     let el = EventLoop::new(options).unwrap();
@@ -276,6 +308,7 @@ fn main() {
         "signalfd_refused" => signalfd_refused(),
         "forked" => forked(),
         "abort_in_signal_callback" => abort_in_signal_callback(),
+        "full_loop_leaves_nothing" => full_loop_leaves_nothing(),
         other => panic!("unknown scenario {other}"),
     }
     println!("ok {scenario}");
