@@ -21,8 +21,8 @@
 //! unblocks exactly the signals it blocked: on the dropping thread those that were not
 //! already blocked there when it subscribed ([`Signals`] is `!Send`, so that is the
 //! subscribing thread), and on the loop thread those its task blocked, by a task on the
-//! loop (while the loop runs) or at once (on the loop thread). Signals still pending on the descriptor when it is released are
-//! discarded. Restore
+//! loop (while the loop runs) or at once (on the loop thread). Signals still pending when it is released (on the descriptor, or for a
+//! thread about to unblock them) are discarded, never delivered the default way. Restore
 //! in reverse order when two subscriptions share signals: the first to go unblocks what
 //! it blocked.
 //!
@@ -44,7 +44,9 @@ use crate::io::{Interest, IoControl, SubscribeErrorKind, Subscription, Unsubscri
 use crate::platform::lock;
 use crate::shared::destroyed_error;
 use crate::sys::SysError;
-use crate::sys::signal::{addable, current_mask, signalfd, sigset, thread_mask};
+use crate::sys::signal::{
+    addable, current_mask, signalfd, sigset, thread_mask, unblock_discarding,
+};
 
 /// A set of signal numbers (1 to `SIGRTMAX`), for [`LoopHandle::subscribe_signals`].
 ///
@@ -285,7 +287,7 @@ impl Signals {
             m.active = false;
             let added = std::mem::take(&mut m.added);
             if unblock {
-                let _ = thread_mask(libc::SIG_UNBLOCK, added);
+                unblock_discarding(added);
             }
         };
         if self.handle.is_on_loop_thread() {
@@ -312,9 +314,9 @@ impl Signals {
                 Err(_) => lock(&self.loop_mask).active = false,
             }
         }
-        if self.added_here != 0 {
-            let _ = thread_mask(libc::SIG_UNBLOCK, self.added_here);
-        }
+        // Signals of the set still pending here are discarded, not delivered the default
+        // way by this unblock (the loop may not have drained the descriptor yet).
+        unblock_discarding(self.added_here);
     }
 }
 
@@ -465,7 +467,7 @@ impl LoopHandle {
                     let _ = self.schedule_now(move |_, st| {
                         let added = std::mem::take(&mut lock(&state).added);
                         if st == TaskStatus::RunReady {
-                            let _ = thread_mask(libc::SIG_UNBLOCK, added);
+                            unblock_discarding(added);
                         }
                     });
                 }

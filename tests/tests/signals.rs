@@ -64,6 +64,11 @@ fn a_forked_child_is_refused_before_its_mask_changes() {
 }
 
 #[test]
+fn a_signal_pending_when_signals_is_dropped_off_the_running_loop_is_discarded_not_fatal() {
+    probe("drop_with_a_pending_signal");
+}
+
+#[test]
 fn subscribe_signals_refused_by_a_full_running_loop_leaves_no_subscription_or_descriptor() {
     probe("full_loop_leaves_nothing");
 }
