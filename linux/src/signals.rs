@@ -21,7 +21,9 @@
 //! unblocks exactly the signals it blocked: on the dropping thread those that were not
 //! already blocked there when it subscribed ([`Signals`] is `!Send`, so that is the
 //! subscribing thread), and on the loop thread those its task blocked, by a task on the
-//! loop (while the loop runs) or at once (on the loop thread). Signals still pending when it is released (on the descriptor, or for a
+//! loop (while the loop runs) or at once (on the loop thread); a caller-driven loop's
+//! thread ([`EventLoop::turn`](crate::EventLoop::turn)) that blocked them is restored by
+//! its next turn. Signals still pending when it is released (on the descriptor, or for a
 //! thread about to unblock them) are discarded, never delivered the default way. Restore
 //! in reverse order when two subscriptions share signals: the first to go unblocks what
 //! it blocked.
@@ -233,6 +235,19 @@ struct LoopMask {
     active: bool,
     /// The signals the task blocked on the loop thread (not blocked there before).
     added: u64,
+    /// The thread whose mask the task changed (`thread_id::current`; 0: none yet). Only
+    /// that thread unblocks `added`: the loop may be driven by another thread by then (a
+    /// restarted loop's new thread inherited its mask from elsewhere).
+    thread: u64,
+}
+
+impl LoopMask {
+    /// Unblocks what the task blocked, if the calling thread is the one it blocked.
+    fn restore_here(&mut self) {
+        if self.added != 0 && self.thread == crate::thread_id::current() {
+            unblock_discarding(std::mem::take(&mut self.added));
+        }
+    }
 }
 
 /// A live signal subscription (see [`LoopHandle::subscribe_signals`]); dropping it (or
@@ -285,9 +300,8 @@ impl Signals {
             }
             let mut m = lock(&state);
             m.active = false;
-            let added = std::mem::take(&mut m.added);
             if unblock {
-                unblock_discarding(added);
+                m.restore_here();
             }
         };
         if self.handle.is_on_loop_thread() {
@@ -295,9 +309,21 @@ impl Signals {
         } else {
             match self.handle.unsubscribe::<OwnedFd>(sub) {
                 Ok(fd) => {
-                    // The loop is not running: the thread that ran it is gone.
+                    // The loop is not running. A loop thread that ran it is gone, but a
+                    // caller-driven loop's thread (`turn`, `run_here`) lives on with the
+                    // set blocked: its next turn restores it.
                     drain(&fd, |_| {});
-                    lock(&self.loop_mask).active = false;
+                    let mut m = lock(&self.loop_mask);
+                    m.active = false;
+                    if m.added != 0 {
+                        drop(m);
+                        let state = self.loop_mask.clone();
+                        let _ = self.handle.schedule_now(move |_, st| {
+                            if st == TaskStatus::RunReady {
+                                lock(&state).restore_here();
+                            }
+                        });
+                    }
                 }
                 Err(Error::Unsubscribe(UnsubscribeError::OffLoopThreadWhileRunning)) => {
                     let scheduled = self
@@ -418,6 +444,7 @@ impl LoopHandle {
         let loop_mask = Arc::new(Mutex::new(LoopMask {
             active: true,
             added: 0,
+            thread: 0,
         }));
         // Off the loop thread, the task that blocks the set there is scheduled before the
         // descriptor is subscribed: a refused schedule (a full loop) then has nothing to
@@ -431,7 +458,10 @@ impl LoopHandle {
                 let mut m = lock(&state);
                 if status == TaskStatus::RunReady && m.active {
                     match thread_mask(libc::SIG_BLOCK, bits) {
-                        Ok(old) => m.added = bits & !old,
+                        Ok(old) => {
+                            m.added = bits & !old;
+                            m.thread = crate::thread_id::current();
+                        }
                         Err(errno) => crate::log_at!(
                             error,
                             "reseau: blocking signals on the loop thread failed with {errno}"
@@ -465,9 +495,8 @@ impl LoopHandle {
                     drop(m);
                     let state = loop_mask.clone();
                     let _ = self.schedule_now(move |_, st| {
-                        let added = std::mem::take(&mut lock(&state).added);
                         if st == TaskStatus::RunReady {
-                            unblock_discarding(added);
+                            lock(&state).restore_here();
                         }
                     });
                 }

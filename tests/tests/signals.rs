@@ -69,6 +69,16 @@ fn a_signal_pending_when_signals_is_dropped_off_the_running_loop_is_discarded_no
 }
 
 #[test]
+fn dropping_signals_restores_the_mask_of_a_caller_driven_loops_driving_thread() {
+    probe("caller_driven_driver_mask_restored");
+}
+
+#[test]
+fn an_unsubscribe_running_on_a_restarted_loops_new_thread_keeps_the_mask_it_inherited() {
+    probe("restarted_loop_keeps_what_it_inherited");
+}
+
+#[test]
 fn subscribe_signals_refused_by_a_full_running_loop_leaves_no_subscription_or_descriptor() {
     probe("full_loop_leaves_nothing");
 }

@@ -270,6 +270,68 @@ fn drop_with_a_pending_signal() {
     assert!(!loop_thread_mask(&el).contains(libc::SIGUSR1));
 }
 
+/// A caller-driven loop (`turn` on this thread) whose subscription came from another
+/// thread: the blocking task blocked the set on this, the driving thread. Dropping the
+/// `Signals` (on its own thread, while no turn runs) restores this thread's mask by the
+/// next turn; the driving thread outlives the subscription, unlike a loop thread.
+fn caller_driven_driver_mask_restored() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let h = el.handle();
+    let (subscribed_tx, subscribed_rx) = channel();
+    let (drop_tx, drop_rx) = channel::<()>();
+    let (dropped_tx, dropped_rx) = channel();
+    let subscriber = std::thread::spawn(move || {
+        let signals = h
+            .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+            .unwrap();
+        subscribed_tx.send(()).unwrap();
+        recv(&drop_rx);
+        drop(signals);
+        dropped_tx.send(()).unwrap();
+    });
+    recv(&subscribed_rx);
+    assert!(!blocked_on_this_thread().unwrap().contains(libc::SIGUSR1));
+    el.turn(Some(std::time::Duration::ZERO)).unwrap(); // runs the blocking task here
+    assert!(
+        blocked_on_this_thread().unwrap().contains(libc::SIGUSR1),
+        "the driving thread blocked the set"
+    );
+    drop_tx.send(()).unwrap();
+    recv(&dropped_rx);
+    subscriber.join().unwrap();
+    for _ in 0..3 {
+        el.turn(Some(std::time::Duration::ZERO)).unwrap();
+    }
+    assert!(
+        !blocked_on_this_thread().unwrap().contains(libc::SIGUSR1),
+        "the driving thread's mask restored"
+    );
+    assert_eq!(el.subscriptions(), 0);
+}
+
+/// The loop thread that blocked the set is gone (stop, wait, run again) when the
+/// `Signals` is dropped; the new loop thread inherited the set blocked from this thread,
+/// which blocked it before subscribing. The unsubscribe task runs on the new thread and
+/// must leave its mask alone: a `Signals` never unblocks what it did not block.
+fn restarted_loop_keeps_what_it_inherited() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    reseau_linux::signals::block_on_this_thread(set(&[libc::SIGUSR1])).unwrap();
+    let (signals, _rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    el.run().unwrap(); // a new loop thread, with this thread's mask
+    assert!(loop_thread_mask(&el).contains(libc::SIGUSR1));
+    drop(signals);
+    round_trip(&el); // the loop's unsubscribe task ran
+    assert_eq!(el.subscriptions(), 0);
+    assert!(
+        loop_thread_mask(&el).contains(libc::SIGUSR1),
+        "the new loop thread keeps the mask it inherited"
+    );
+    assert!(blocked_on_this_thread().unwrap().contains(libc::SIGUSR1));
+}
+
 /// A running loop with every task slot taken: the task that blocks the set on the loop
 /// thread cannot be scheduled, so `subscribe_signals` fails — and leaves nothing behind:
 /// no subscription, no descriptor, the mask as it was.
@@ -330,6 +392,8 @@ fn main() {
         "forked" => forked(),
         "abort_in_signal_callback" => abort_in_signal_callback(),
         "drop_with_a_pending_signal" => drop_with_a_pending_signal(),
+        "caller_driven_driver_mask_restored" => caller_driven_driver_mask_restored(),
+        "restarted_loop_keeps_what_it_inherited" => restarted_loop_keeps_what_it_inherited(),
         "full_loop_leaves_nothing" => full_loop_leaves_nothing(),
         other => panic!("unknown scenario {other}"),
     }
