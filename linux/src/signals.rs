@@ -35,7 +35,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Condvar, Mutex};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use reseau_core::{Operation, TaskStatus};
 use rustix::io::Errno;
@@ -480,9 +481,21 @@ impl LoopHandle {
                 return Err(SignalError::Schedule(kind));
             }
         }
+        // The subscription, once known, for the callback: see the panic case below.
+        let own: Arc<OnceLock<Subscription>> = Arc::new(OnceLock::new());
+        let own_in_callback = own.clone();
         let mut callback = callback;
         let subscribed = self.subscribe(fd, Interest::READABLE, move |h, fd, _ready| {
-            drain(fd, |info| callback(h, info));
+            let drained = catch_unwind(AssertUnwindSafe(|| drain(fd, |info| callback(h, info))));
+            if let Err(payload) = drained {
+                // The records after the one whose callback panicked are still unread, and
+                // an edge-triggered descriptor would not report them again before the next
+                // signal: re-arm it (applied when this returns) so the next tick reads them.
+                if let Some(sub) = own_in_callback.get() {
+                    let _ = h.modify(sub, Interest::READABLE);
+                }
+                resume_unwind(payload);
+            }
             IoControl::Keep
         });
         let sub = match subscribed {
@@ -504,6 +517,7 @@ impl LoopHandle {
                 return Err(SignalError::Subscribe(e.kind));
             }
         };
+        let _ = own.set(sub);
         if off_loop {
             // A running loop thread must have blocked the set before this returns: a
             // signal sent right after would otherwise find that thread unblocked and take

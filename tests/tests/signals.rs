@@ -84,6 +84,11 @@ fn subscribe_signals_refused_by_a_full_running_loop_leaves_no_subscription_or_de
 }
 
 #[test]
+fn a_signal_callback_panicking_on_one_of_two_pending_signals_still_gets_the_other() {
+    probe("panic_in_callback_keeps_the_rest");
+}
+
+#[test]
 fn invalid_signals_are_rejected_with_the_reason() {
     for signo in [0, -1, 65, libc::SIGRTMAX() + 1] {
         let e = SignalSet::new().with(signo).unwrap_err();

@@ -364,6 +364,31 @@ fn full_loop_leaves_nothing() {
     );
 }
 
+/// Two signals pending at once, the callback panicking on the first (under the default
+/// `PanicPolicy::Catch`): the second is still delivered, without a third signal to make
+/// a new edge on the (edge-triggered) signalfd.
+fn panic_in_callback_keeps_the_rest() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let (tx, rx) = channel();
+    let mut first = true;
+    let _signals = el
+        .subscribe_signals(set(&[libc::SIGUSR1, libc::SIGUSR2]), move |_, info| {
+            if std::mem::take(&mut first) {
+                panic!("boom on the first signal");
+            }
+            tx.send(info.signo).unwrap();
+        })
+        .unwrap();
+    let hold = hold_loop(&el, |_| {});
+    send(Signal::USR1);
+    send(Signal::USR2);
+    hold.release();
+    let got = recv(&rx);
+    assert!(got == libc::SIGUSR1 || got == libc::SIGUSR2, "{got}");
+    assert_eq!(el.stats().panics_caught, 1);
+}
+
 fn abort_in_signal_callback() {
     let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
     let el = EventLoop::new(options).unwrap();
@@ -395,6 +420,7 @@ fn main() {
         "caller_driven_driver_mask_restored" => caller_driven_driver_mask_restored(),
         "restarted_loop_keeps_what_it_inherited" => restarted_loop_keeps_what_it_inherited(),
         "full_loop_leaves_nothing" => full_loop_leaves_nothing(),
+        "panic_in_callback_keeps_the_rest" => panic_in_callback_keeps_the_rest(),
         other => panic!("unknown scenario {other}"),
     }
     println!("ok {scenario}");
