@@ -116,6 +116,57 @@ fn epoll_pwait2_refused_with_enosys_or_eperm_takes_the_monotonic_timerfd() {
     }
 }
 
+/// The kernel without `epoll_pwait2` (the timerfd rung), whose second `epoll_ctl(ADD)`
+/// (the timerfd's, in the first `run`: the wakeup's is the first) fails once with ENOMEM.
+struct TimerfdAddFailsOnce {
+    adds: std::sync::atomic::AtomicUsize,
+}
+
+impl Syscalls for TimerfdAddFailsOnce {
+    fn epoll_pwait2(
+        &self,
+        _: std::os::fd::BorrowedFd<'_>,
+        _: &mut Vec<rustix::event::epoll::Event>,
+        _: Option<Duration>,
+    ) -> rustix::io::Result<usize> {
+        Err(Errno::NOSYS)
+    }
+    fn epoll_add(
+        &self,
+        epoll_fd: std::os::fd::BorrowedFd<'_>,
+        fd: std::os::fd::BorrowedFd<'_>,
+        data: u64,
+        flags: rustix::event::epoll::EventFlags,
+    ) -> rustix::io::Result<()> {
+        if self.adds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Err(Errno::NOMEM);
+        }
+        RealSyscalls.epoll_add(epoll_fd, fd, data, flags)
+    }
+}
+
+#[test]
+fn a_run_refused_by_the_timerfds_registration_leaves_the_loop_ready_to_run_again() {
+    let sys = Arc::new(TimerfdAddFailsOnce {
+        adds: Default::default(),
+    });
+    let mut el = EventLoop::new(EventLoopOptions {
+        syscalls: sys,
+        ..EventLoopOptions::default()
+    })
+    .unwrap();
+    assert_eq!(el.backend().unwrap().timer, TimerBackend::Timerfd);
+    match el.run().unwrap_err() {
+        Error::Sys(SysError { call, errno }) => {
+            assert_eq!((call, errno), ("epoll_ctl(ADD timerfd)", Errno::NOMEM));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The fault is gone: the next run registers what is missing, and deadlines work.
+    assert_a_300us_timer_fires(&el, true);
+    el.destroy().unwrap();
+}
+
 #[test]
 fn an_epoll_pwait2_probe_failing_otherwise_surfaces_and_leaks_nothing() {
     let faults = Arc::new(Faults {
