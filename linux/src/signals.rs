@@ -478,7 +478,19 @@ impl LoopHandle {
                 drop(e);
                 drop(fd);
                 undo();
-                return Err(SignalError::Schedule(kind));
+                // A loop being destroyed refuses the subscription itself too: say so, as
+                // when the descriptor was subscribed first.
+                return Err(match kind {
+                    ScheduleErrorKind::Destroyed(e) => {
+                        let e = reseau_core::LifecycleError {
+                            op: Operation::Subscribe,
+                            ..e
+                        };
+                        SignalError::Subscribe(SubscribeErrorKind::Destroyed(e))
+                    }
+                    ScheduleErrorKind::Forked => SignalError::Subscribe(SubscribeErrorKind::Forked),
+                    kind => SignalError::Schedule(kind),
+                });
             }
         }
         // The subscription, once known, for the callback: see the panic case below.

@@ -89,6 +89,11 @@ fn a_signal_callback_panicking_on_one_of_two_pending_signals_still_gets_the_othe
 }
 
 #[test]
+fn subscribe_signals_while_destroy_runs_is_refused_as_a_destroyed_loop() {
+    probe("during_destroy_is_refused_as_destroyed");
+}
+
+#[test]
 fn invalid_signals_are_rejected_with_the_reason() {
     for signo in [0, -1, 65, libc::SIGRTMAX() + 1] {
         let e = SignalSet::new().with(signo).unwrap_err();

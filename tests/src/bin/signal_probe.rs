@@ -389,6 +389,44 @@ fn panic_in_callback_keeps_the_rest() {
     assert_eq!(el.stats().panics_caught, 1);
 }
 
+/// `subscribe_signals` from another thread while destroy runs (held in a canceled task):
+/// refused as a subscription to a destroyed loop, the mask unchanged, nothing left open.
+fn during_destroy_is_refused_as_destroyed() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    let (in_destroy_tx, in_destroy_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    el.schedule_at(u64::MAX, move |_, _| {
+        in_destroy_tx.send(()).unwrap();
+        recv(&release_rx);
+    })
+    .unwrap();
+    let destroyer = std::thread::spawn(move || el.destroy().unwrap());
+    recv(&in_destroy_rx);
+    let before_fds = open_fds();
+    let before_mask = blocked_on_this_thread().unwrap();
+    let err = h
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignalError::Subscribe(reseau_linux::SubscribeErrorKind::Destroyed(e))
+                if e.op == reseau_core::Operation::Subscribe
+        ),
+        "{err:?}"
+    );
+    assert_eq!(open_fds(), before_fds, "no descriptor leaked");
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        before_mask,
+        "mask unchanged"
+    );
+    release_tx.send(()).unwrap();
+    destroyer.join().unwrap();
+}
+
 fn abort_in_signal_callback() {
     let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
     let el = EventLoop::new(options).unwrap();
@@ -420,6 +458,7 @@ fn main() {
         "caller_driven_driver_mask_restored" => caller_driven_driver_mask_restored(),
         "restarted_loop_keeps_what_it_inherited" => restarted_loop_keeps_what_it_inherited(),
         "full_loop_leaves_nothing" => full_loop_leaves_nothing(),
+        "during_destroy_is_refused_as_destroyed" => during_destroy_is_refused_as_destroyed(),
         "panic_in_callback_keeps_the_rest" => panic_in_callback_keeps_the_rest(),
         other => panic!("unknown scenario {other}"),
     }
