@@ -27,7 +27,8 @@ pub enum PanicPolicy {
     /// consumed). An IO or signal callback that panicked keeps its subscription, with its
     /// source and its captured state as the panic left them (a half-read buffer stays
     /// half-read): it is called again on the next edge, and an interest change it recorded
-    /// before panicking is applied. To drop a subscription on panic, catch the panic in the
+    /// before panicking is applied. A signal subscription's callback is called for the
+    /// signals still pending after the one whose call panicked in the loop's next tick. To drop a subscription on panic, catch the panic in the
     /// callback and return `IoControl::Unsubscribe`.
     #[default]
     Catch,

@@ -56,6 +56,13 @@ struct Events(Vec<epoll::Event>);
 // `!Send`; reseau only ever stores and reads plain `u64` tokens in it, never a pointer.
 unsafe impl Send for Events {}
 
+/// Which of the loop's own descriptors are in its epoll set.
+#[derive(Default)]
+pub(crate) struct Registered {
+    wakeup: bool,
+    timer: bool,
+}
+
 /// The Linux platform of one loop.
 pub(crate) struct LinuxPlatform {
     pub(crate) epoll: OwnedFd,
@@ -68,7 +75,7 @@ pub(crate) struct LinuxPlatform {
     pub(crate) sys: std::sync::Arc<dyn Syscalls>,
     pub(crate) clock: Clock,
     pub(crate) subs: Mutex<Slab>,
-    pub(crate) wakeup_registered: Mutex<bool>,
+    pub(crate) wakeup_registered: Mutex<Registered>,
     /// The `epoll_wait` buffer (the driver's alone; a mutex only to keep this type `Sync`).
     events: Mutex<Events>,
     max_events: usize,
@@ -116,7 +123,7 @@ impl LinuxPlatform {
             sys: options.syscalls.clone(),
             clock: options.clock.clone(),
             subs: Mutex::new(Slab::new(loop_id)),
-            wakeup_registered: Mutex::new(false),
+            wakeup_registered: Mutex::new(Registered::default()),
             events: Mutex::new(Events(Vec::with_capacity(initial_events))),
             max_events,
             counters: Counters::default(),
@@ -133,27 +140,31 @@ impl LinuxPlatform {
         }
     }
 
-    /// Registers the wakeup with epoll, once per loop.
+    /// Registers the wakeup (and the timerfd, when the loop has one) with epoll, once per
+    /// loop. Each registration is recorded as it succeeds: after a failure, the next call
+    /// (the next `run`) adds only what is still missing, never the wakeup twice (`EEXIST`).
     pub(crate) fn register_wakeup(&self) -> Result<(), Error> {
         let mut registered = lock(&self.wakeup_registered);
-        if *registered {
-            return Ok(());
-        }
         let flags = epoll::EventFlags::IN | epoll::EventFlags::ET;
-        self.sys
-            .epoll_add(
-                self.epoll.as_fd(),
-                self.wakeup.read_fd(),
-                WAKEUP_TOKEN,
-                flags,
-            )
-            .map_err(|errno| {
-                Error::Sys(SysError {
-                    call: "epoll_ctl(ADD wakeup)",
-                    errno,
-                })
-            })?;
-        if let Some(timer) = &self.timer {
+        if !registered.wakeup {
+            self.sys
+                .epoll_add(
+                    self.epoll.as_fd(),
+                    self.wakeup.read_fd(),
+                    WAKEUP_TOKEN,
+                    flags,
+                )
+                .map_err(|errno| {
+                    Error::Sys(SysError {
+                        call: "epoll_ctl(ADD wakeup)",
+                        errno,
+                    })
+                })?;
+            registered.wakeup = true;
+        }
+        if let Some(timer) = &self.timer
+            && !registered.timer
+        {
             self.sys
                 .epoll_add(self.epoll.as_fd(), timer.as_fd(), TIMER_TOKEN, flags)
                 .map_err(|errno| {
@@ -162,8 +173,8 @@ impl LinuxPlatform {
                         errno,
                     })
                 })?;
+            registered.timer = true;
         }
-        *registered = true;
         Ok(())
     }
 

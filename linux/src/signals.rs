@@ -21,9 +21,12 @@
 //! unblocks exactly the signals it blocked: on the dropping thread those that were not
 //! already blocked there when it subscribed ([`Signals`] is `!Send`, so that is the
 //! subscribing thread), and on the loop thread those its task blocked, by a task on the
-//! loop (while the loop runs) or at once (on the loop thread). Signals still pending on the
-//! descriptor when it is released are discarded. Restore in reverse order when two
-//! subscriptions share signals: the first to go unblocks what it blocked.
+//! loop (while the loop runs) or at once (on the loop thread); a caller-driven loop's
+//! thread ([`EventLoop::turn`](crate::EventLoop::turn)) that blocked them is restored by
+//! its next turn. Signals still pending when it is released (on the descriptor, or for a
+//! thread about to unblock them) are discarded, never delivered the default way. Restore
+//! in reverse order when two subscriptions share signals: the first to go unblocks what
+//! it blocked.
 //!
 //! A blocked mask survives `exec`: a child process spawned from a thread with the set
 //! blocked starts with it blocked, and most programs never unblock it (a shell's Ctrl-C
@@ -32,7 +35,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Condvar, Mutex};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use reseau_core::{Operation, TaskStatus};
 use rustix::io::Errno;
@@ -43,7 +47,9 @@ use crate::io::{Interest, IoControl, SubscribeErrorKind, Subscription, Unsubscri
 use crate::platform::lock;
 use crate::shared::destroyed_error;
 use crate::sys::SysError;
-use crate::sys::signal::{addable, current_mask, signalfd, sigset, thread_mask};
+use crate::sys::signal::{
+    addable, current_mask, signalfd, sigset, thread_mask, unblock_discarding,
+};
 
 /// A set of signal numbers (1 to `SIGRTMAX`), for [`LoopHandle::subscribe_signals`].
 ///
@@ -230,6 +236,19 @@ struct LoopMask {
     active: bool,
     /// The signals the task blocked on the loop thread (not blocked there before).
     added: u64,
+    /// The thread whose mask the task changed (`thread_id::current`; 0: none yet). Only
+    /// that thread unblocks `added`: the loop may be driven by another thread by then (a
+    /// restarted loop's new thread inherited its mask from elsewhere).
+    thread: u64,
+}
+
+impl LoopMask {
+    /// Unblocks what the task blocked, if the calling thread is the one it blocked.
+    fn restore_here(&mut self) {
+        if self.added != 0 && self.thread == crate::thread_id::current() {
+            unblock_discarding(std::mem::take(&mut self.added));
+        }
+    }
 }
 
 /// A live signal subscription (see [`LoopHandle::subscribe_signals`]); dropping it (or
@@ -282,9 +301,8 @@ impl Signals {
             }
             let mut m = lock(&state);
             m.active = false;
-            let added = std::mem::take(&mut m.added);
-            if unblock && added != 0 {
-                let _ = thread_mask(libc::SIG_UNBLOCK, added);
+            if unblock {
+                m.restore_here();
             }
         };
         if self.handle.is_on_loop_thread() {
@@ -292,9 +310,21 @@ impl Signals {
         } else {
             match self.handle.unsubscribe::<OwnedFd>(sub) {
                 Ok(fd) => {
-                    // The loop is not running: the thread that ran it is gone.
+                    // The loop is not running. A loop thread that ran it is gone, but a
+                    // caller-driven loop's thread (`turn`, `run_here`) lives on with the
+                    // set blocked: its next turn restores it.
                     drain(&fd, |_| {});
-                    lock(&self.loop_mask).active = false;
+                    let mut m = lock(&self.loop_mask);
+                    m.active = false;
+                    if m.added != 0 {
+                        drop(m);
+                        let state = self.loop_mask.clone();
+                        let _ = self.handle.schedule_now(move |_, st| {
+                            if st == TaskStatus::RunReady {
+                                lock(&state).restore_here();
+                            }
+                        });
+                    }
                 }
                 Err(Error::Unsubscribe(UnsubscribeError::OffLoopThreadWhileRunning)) => {
                     let scheduled = self
@@ -311,9 +341,9 @@ impl Signals {
                 Err(_) => lock(&self.loop_mask).active = false,
             }
         }
-        if self.added_here != 0 {
-            let _ = thread_mask(libc::SIG_UNBLOCK, self.added_here);
-        }
+        // Signals of the set still pending here are discarded, not delivered the default
+        // way by this unblock (the loop may not have drained the descriptor yet).
+        unblock_discarding(self.added_here);
     }
 }
 
@@ -412,29 +442,27 @@ impl LoopHandle {
                 }));
             }
         };
-        let mut callback = callback;
-        let sub = self
-            .subscribe(fd, Interest::READABLE, move |h, fd, _ready| {
-                drain(fd, |info| callback(h, info));
-                IoControl::Keep
-            })
-            .map_err(|e| {
-                undo();
-                SignalError::Subscribe(e.kind)
-            })?;
         let loop_mask = Arc::new(Mutex::new(LoopMask {
             active: true,
             added: 0,
+            thread: 0,
         }));
-        if !self.is_on_loop_thread() {
+        // Off the loop thread, the task that blocks the set there is scheduled before the
+        // descriptor is subscribed: a refused schedule (a full loop) then has nothing to
+        // take back from a running loop, whose subscriptions only its thread may remove.
+        let off_loop = !self.is_on_loop_thread();
+        let applied = Arc::new((Mutex::new(false), Condvar::new()));
+        if off_loop {
             let state = loop_mask.clone();
-            let applied = Arc::new((Mutex::new(false), Condvar::new()));
             let done = applied.clone();
             let scheduled = self.schedule_now(move |_, status| {
                 let mut m = lock(&state);
                 if status == TaskStatus::RunReady && m.active {
                     match thread_mask(libc::SIG_BLOCK, bits) {
-                        Ok(old) => m.added = bits & !old,
+                        Ok(old) => {
+                            m.added = bits & !old;
+                            m.thread = crate::thread_id::current();
+                        }
                         Err(errno) => crate::log_at!(
                             error,
                             "reseau: blocking signals on the loop thread failed with {errno}"
@@ -448,12 +476,61 @@ impl LoopHandle {
             if let Err(e) = scheduled {
                 let kind = e.kind;
                 drop(e);
-                if let Ok(fd) = self.unsubscribe::<OwnedFd>(sub) {
-                    drop(fd);
+                drop(fd);
+                undo();
+                // A loop being destroyed refuses the subscription itself too: say so, as
+                // when the descriptor was subscribed first.
+                return Err(match kind {
+                    ScheduleErrorKind::Destroyed(e) => {
+                        let e = reseau_core::LifecycleError {
+                            op: Operation::Subscribe,
+                            ..e
+                        };
+                        SignalError::Subscribe(SubscribeErrorKind::Destroyed(e))
+                    }
+                    ScheduleErrorKind::Forked => SignalError::Subscribe(SubscribeErrorKind::Forked),
+                    kind => SignalError::Schedule(kind),
+                });
+            }
+        }
+        // The subscription, once known, for the callback: see the panic case below.
+        let own: Arc<OnceLock<Subscription>> = Arc::new(OnceLock::new());
+        let own_in_callback = own.clone();
+        let mut callback = callback;
+        let subscribed = self.subscribe(fd, Interest::READABLE, move |h, fd, _ready| {
+            let drained = catch_unwind(AssertUnwindSafe(|| drain(fd, |info| callback(h, info))));
+            if let Err(payload) = drained {
+                // The records after the one whose callback panicked are still unread, and
+                // an edge-triggered descriptor would not report them again before the next
+                // signal: re-arm it (applied when this returns) so the next tick reads them.
+                if let Some(sub) = own_in_callback.get() {
+                    let _ = h.modify(sub, Interest::READABLE);
+                }
+                resume_unwind(payload);
+            }
+            IoControl::Keep
+        });
+        let sub = match subscribed {
+            Ok(sub) => sub,
+            Err(e) => {
+                let mut m = lock(&loop_mask);
+                m.active = false;
+                if m.added != 0 {
+                    // The blocking task ran already: undo it on the loop thread.
+                    drop(m);
+                    let state = loop_mask.clone();
+                    let _ = self.schedule_now(move |_, st| {
+                        if st == TaskStatus::RunReady {
+                            lock(&state).restore_here();
+                        }
+                    });
                 }
                 undo();
-                return Err(SignalError::Schedule(kind));
+                return Err(SignalError::Subscribe(e.kind));
             }
+        };
+        let _ = own.set(sub);
+        if off_loop {
             // A running loop thread must have blocked the set before this returns: a
             // signal sent right after would otherwise find that thread unblocked and take
             // its default action (for SIGUSR1, ending the process). A loop that is not

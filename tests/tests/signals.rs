@@ -64,6 +64,36 @@ fn a_forked_child_is_refused_before_its_mask_changes() {
 }
 
 #[test]
+fn a_signal_pending_when_signals_is_dropped_off_the_running_loop_is_discarded_not_fatal() {
+    probe("drop_with_a_pending_signal");
+}
+
+#[test]
+fn dropping_signals_restores_the_mask_of_a_caller_driven_loops_driving_thread() {
+    probe("caller_driven_driver_mask_restored");
+}
+
+#[test]
+fn an_unsubscribe_running_on_a_restarted_loops_new_thread_keeps_the_mask_it_inherited() {
+    probe("restarted_loop_keeps_what_it_inherited");
+}
+
+#[test]
+fn subscribe_signals_refused_by_a_full_running_loop_leaves_no_subscription_or_descriptor() {
+    probe("full_loop_leaves_nothing");
+}
+
+#[test]
+fn a_signal_callback_panicking_on_one_of_two_pending_signals_still_gets_the_other() {
+    probe("panic_in_callback_keeps_the_rest");
+}
+
+#[test]
+fn subscribe_signals_while_destroy_runs_is_refused_as_a_destroyed_loop() {
+    probe("during_destroy_is_refused_as_destroyed");
+}
+
+#[test]
 fn invalid_signals_are_rejected_with_the_reason() {
     for signo in [0, -1, 65, libc::SIGRTMAX() + 1] {
         let e = SignalSet::new().with(signo).unwrap_err();

@@ -86,3 +86,29 @@ pub(crate) fn signalfd(bits: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: `fd` was just returned by `signalfd`: open, and owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Unblocks `bits` on the calling thread, after taking every signal of `bits` still
+/// pending (for this thread or the process) off the pending sets undelivered
+/// (`sigtimedwait` with a zero timeout, until none is left). Without that, the unblock
+/// itself would deliver a pending signal the default way (for most: the process ends).
+pub(crate) fn unblock_discarding(bits: u64) {
+    if bits == 0 {
+        return;
+    }
+    let set = sigset(bits);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        // SAFETY: `set` and `zero` are initialised and only read; a null `siginfo_t`
+        // pointer asks for no details.
+        let rc = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) };
+        let interrupted =
+            rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if rc <= 0 && !interrupted {
+            break; // EAGAIN: nothing of `bits` is pending any more
+        }
+    }
+    let _ = thread_mask(libc::SIG_UNBLOCK, bits);
+}

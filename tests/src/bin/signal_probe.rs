@@ -11,7 +11,7 @@ use reseau_linux::{
     Errno, EventLoop, EventLoopOptions, LoopHandle, SignalError, SignalInfo, SignalSet, SysError,
 };
 use reseau_tests::seccomp::{self, Rule};
-use reseau_tests::util::{open_fds, recv};
+use reseau_tests::util::{hold_loop, open_fds, recv};
 use rustix::process::{Signal, getpid, kill_process};
 
 fn set(signals: &[i32]) -> SignalSet {
@@ -249,6 +249,184 @@ fn forked() {
     );
 }
 
+/// A signal pending (sent while the loop thread was busy, so never read from the
+/// signalfd) when the `Signals` is dropped from the subscribing thread of a running loop:
+/// it is discarded, as the module docs promise, not delivered the default way (for
+/// SIGUSR1: the end of this process) by the unblock on the dropping thread.
+fn drop_with_a_pending_signal() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let (signals, _rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    let hold = hold_loop(&el, |_| {});
+    send(Signal::USR1); // blocked on every thread: pending, unread
+    drop(signals);
+    assert!(
+        !blocked_on_this_thread().unwrap().contains(libc::SIGUSR1),
+        "this thread restored"
+    );
+    hold.release();
+    round_trip(&el); // the loop's unsubscribe task ran
+    assert_eq!(el.subscriptions(), 0);
+    assert!(!loop_thread_mask(&el).contains(libc::SIGUSR1));
+}
+
+/// A caller-driven loop (`turn` on this thread) whose subscription came from another
+/// thread: the blocking task blocked the set on this, the driving thread. Dropping the
+/// `Signals` (on its own thread, while no turn runs) restores this thread's mask by the
+/// next turn; the driving thread outlives the subscription, unlike a loop thread.
+fn caller_driven_driver_mask_restored() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    let h = el.handle();
+    let (subscribed_tx, subscribed_rx) = channel();
+    let (drop_tx, drop_rx) = channel::<()>();
+    let (dropped_tx, dropped_rx) = channel();
+    let subscriber = std::thread::spawn(move || {
+        let signals = h
+            .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+            .unwrap();
+        subscribed_tx.send(()).unwrap();
+        recv(&drop_rx);
+        drop(signals);
+        dropped_tx.send(()).unwrap();
+    });
+    recv(&subscribed_rx);
+    assert!(!blocked_on_this_thread().unwrap().contains(libc::SIGUSR1));
+    el.turn(Some(std::time::Duration::ZERO)).unwrap(); // runs the blocking task here
+    assert!(
+        blocked_on_this_thread().unwrap().contains(libc::SIGUSR1),
+        "the driving thread blocked the set"
+    );
+    drop_tx.send(()).unwrap();
+    recv(&dropped_rx);
+    subscriber.join().unwrap();
+    for _ in 0..3 {
+        el.turn(Some(std::time::Duration::ZERO)).unwrap();
+    }
+    assert!(
+        !blocked_on_this_thread().unwrap().contains(libc::SIGUSR1),
+        "the driving thread's mask restored"
+    );
+    assert_eq!(el.subscriptions(), 0);
+}
+
+/// The loop thread that blocked the set is gone (stop, wait, run again) when the
+/// `Signals` is dropped; the new loop thread inherited the set blocked from this thread,
+/// which blocked it before subscribing. The unsubscribe task runs on the new thread and
+/// must leave its mask alone: a `Signals` never unblocks what it did not block.
+fn restarted_loop_keeps_what_it_inherited() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    reseau_linux::signals::block_on_this_thread(set(&[libc::SIGUSR1])).unwrap();
+    let (signals, _rx) = subscribe(&el, set(&[libc::SIGUSR1]));
+    el.stop().unwrap();
+    el.wait_for_stop_completion().unwrap();
+    el.run().unwrap(); // a new loop thread, with this thread's mask
+    assert!(loop_thread_mask(&el).contains(libc::SIGUSR1));
+    drop(signals);
+    round_trip(&el); // the loop's unsubscribe task ran
+    assert_eq!(el.subscriptions(), 0);
+    assert!(
+        loop_thread_mask(&el).contains(libc::SIGUSR1),
+        "the new loop thread keeps the mask it inherited"
+    );
+    assert!(blocked_on_this_thread().unwrap().contains(libc::SIGUSR1));
+}
+
+/// A running loop with every task slot taken: the task that blocks the set on the loop
+/// thread cannot be scheduled, so `subscribe_signals` fails — and leaves nothing behind:
+/// no subscription, no descriptor, the mask as it was.
+fn full_loop_leaves_nothing() {
+    let options = EventLoopOptions {
+        capacity: 4,
+        ..Default::default()
+    };
+    let el = EventLoop::new(options).unwrap();
+    el.run().unwrap();
+    while el.schedule_at(u64::MAX, |_, _| {}).is_ok() {}
+    let before_fds = open_fds();
+    let before_mask = blocked_on_this_thread().unwrap();
+    let err = el
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignalError::Schedule(reseau_linux::ScheduleErrorKind::Full { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(el.subscriptions(), 0, "no subscription left behind");
+    assert_eq!(open_fds(), before_fds, "no descriptor leaked");
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        before_mask,
+        "mask unchanged"
+    );
+}
+
+/// Two signals pending at once, the callback panicking on the first (under the default
+/// `PanicPolicy::Catch`): the second is still delivered, without a third signal to make
+/// a new edge on the (edge-triggered) signalfd.
+fn panic_in_callback_keeps_the_rest() {
+    let el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let (tx, rx) = channel();
+    let mut first = true;
+    let _signals = el
+        .subscribe_signals(set(&[libc::SIGUSR1, libc::SIGUSR2]), move |_, info| {
+            if std::mem::take(&mut first) {
+                panic!("boom on the first signal");
+            }
+            tx.send(info.signo).unwrap();
+        })
+        .unwrap();
+    let hold = hold_loop(&el, |_| {});
+    send(Signal::USR1);
+    send(Signal::USR2);
+    hold.release();
+    let got = recv(&rx);
+    assert!(got == libc::SIGUSR1 || got == libc::SIGUSR2, "{got}");
+    assert_eq!(el.stats().panics_caught, 1);
+}
+
+/// `subscribe_signals` from another thread while destroy runs (held in a canceled task):
+/// refused as a subscription to a destroyed loop, the mask unchanged, nothing left open.
+fn during_destroy_is_refused_as_destroyed() {
+    let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
+    el.run().unwrap();
+    let h = el.handle();
+    let (in_destroy_tx, in_destroy_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    el.schedule_at(u64::MAX, move |_, _| {
+        in_destroy_tx.send(()).unwrap();
+        recv(&release_rx);
+    })
+    .unwrap();
+    let destroyer = std::thread::spawn(move || el.destroy().unwrap());
+    recv(&in_destroy_rx);
+    let before_fds = open_fds();
+    let before_mask = blocked_on_this_thread().unwrap();
+    let err = h
+        .subscribe_signals(set(&[libc::SIGUSR1]), |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignalError::Subscribe(reseau_linux::SubscribeErrorKind::Destroyed(e))
+                if e.op == reseau_core::Operation::Subscribe
+        ),
+        "{err:?}"
+    );
+    assert_eq!(open_fds(), before_fds, "no descriptor leaked");
+    assert_eq!(
+        blocked_on_this_thread().unwrap(),
+        before_mask,
+        "mask unchanged"
+    );
+    release_tx.send(()).unwrap();
+    destroyer.join().unwrap();
+}
+
 fn abort_in_signal_callback() {
     let options = EventLoopOptions::default().on_panic(reseau_linux::PanicPolicy::Abort);
     let el = EventLoop::new(options).unwrap();
@@ -276,6 +454,12 @@ fn main() {
         "signalfd_refused" => signalfd_refused(),
         "forked" => forked(),
         "abort_in_signal_callback" => abort_in_signal_callback(),
+        "drop_with_a_pending_signal" => drop_with_a_pending_signal(),
+        "caller_driven_driver_mask_restored" => caller_driven_driver_mask_restored(),
+        "restarted_loop_keeps_what_it_inherited" => restarted_loop_keeps_what_it_inherited(),
+        "full_loop_leaves_nothing" => full_loop_leaves_nothing(),
+        "during_destroy_is_refused_as_destroyed" => during_destroy_is_refused_as_destroyed(),
+        "panic_in_callback_keeps_the_rest" => panic_in_callback_keeps_the_rest(),
         other => panic!("unknown scenario {other}"),
     }
     println!("ok {scenario}");
