@@ -289,7 +289,16 @@ impl Syscalls for Faults {
     }
 }
 
-/// Whether every descriptor this seam opened is closed now.
+/// Serializes the tests of one test binary that check descriptor *numbers* (with
+/// [`all_closed`] or [`open_fds`]): tests run on parallel threads of one process, and a
+/// number a loop closed may be reused at once by a neighbour's new descriptor, which would
+/// read as a leak. Every test of such a binary takes this guard first.
+pub fn fd_serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether every descriptor this seam opened is closed now (see [`fd_serial`]).
 pub fn all_closed(faults: &Faults) -> bool {
     faults
         .opened

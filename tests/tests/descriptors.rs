@@ -46,6 +46,7 @@ fn assert_runs_a_task(el: &EventLoop) {
 
 #[test]
 fn c01_descriptors_are_cloexec_and_the_wakeup_nonblocking() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
     let backend = el.backend().unwrap();
@@ -82,6 +83,7 @@ fn fd_target(fd: i32) -> String {
 
 #[test]
 fn c01_no_descriptor_leaks_across_exec_on_any_path() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     // The default path; the pipe2 wakeup; the legacy pipe() wakeup with legacy epoll.
     let pipe2_path = Arc::new(Faults {
@@ -121,6 +123,7 @@ fn c01_no_descriptor_leaks_across_exec_on_any_path() {
 
 #[test]
 fn c02_each_fallback_is_taken_on_enosys_or_einval_with_the_same_flags_and_runs_tasks() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     type Case = (Faults, EpollBackend, WakeupBackend, &'static [&'static str]);
     let cases: Vec<Case> = vec![
@@ -191,6 +194,7 @@ fn c02_each_fallback_is_taken_on_enosys_or_einval_with_the_same_flags_and_runs_t
 
 #[test]
 fn c02_other_errnos_surface_with_the_call_and_close_what_was_opened() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let before = open_fds();
     let cases: Vec<(Faults, &str, Errno)> = vec![
@@ -275,6 +279,7 @@ fn c02_other_errnos_surface_with_the_call_and_close_what_was_opened() {
 
 #[test]
 fn c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing() {
+    let _serial = reseau_tests::util::fd_serial();
     if !is_child("RESEAU_CHILD") {
         let _s = serial();
         return run_in_child(
@@ -336,6 +341,7 @@ fn c02_emfile_from_a_lowered_rlimit_surfaces_and_leaks_nothing() {
 
 #[test]
 fn c03_ten_thousand_create_destroy_cycles_leave_the_fd_count_unchanged() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let before = open_fds();
     for i in 0..10_000 {
@@ -377,6 +383,7 @@ fn thread_gone(name: &str) -> bool {
 
 #[test]
 fn c29_running_and_stopping_many_times_or_never_leaks_no_thread_and_no_descriptor() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let fds = open_fds();
     let options = EventLoopOptions {
@@ -405,6 +412,7 @@ fn c29_running_and_stopping_many_times_or_never_leaks_no_thread_and_no_descripto
 
 #[test]
 fn c08_teardown_closes_nothing_while_the_loop_thread_is_alive() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let before = open_fds();
     let mut el = EventLoop::new(EventLoopOptions {
@@ -461,6 +469,7 @@ fn c08_teardown_closes_nothing_while_the_loop_thread_is_alive() {
 
 #[test]
 fn c16_panicking_tasks_and_callbacks_leak_no_descriptor() {
+    let _serial = reseau_tests::util::fd_serial();
     let _s = serial();
     let before = open_fds();
     let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();

@@ -79,6 +79,7 @@ fn assert_timerfd_listed(el: &EventLoop, listed: bool) {
 
 #[test]
 fn by_default_deadlines_wait_with_epoll_pwait2_when_the_kernel_has_it() {
+    let _serial = reseau_tests::util::fd_serial();
     let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
     let expected = if kernel_has_pwait2() {
         TimerBackend::Pwait2
@@ -94,6 +95,7 @@ fn by_default_deadlines_wait_with_epoll_pwait2_when_the_kernel_has_it() {
 
 #[test]
 fn epoll_pwait2_refused_with_enosys_or_eperm_takes_the_monotonic_timerfd() {
+    let _serial = reseau_tests::util::fd_serial();
     for errno in [Errno::NOSYS, Errno::PERM] {
         let faults = Arc::new(Faults {
             epoll_pwait2: Some(errno),
@@ -147,6 +149,7 @@ impl Syscalls for TimerfdAddFailsOnce {
 
 #[test]
 fn a_run_refused_by_the_timerfds_registration_leaves_the_loop_ready_to_run_again() {
+    let _serial = reseau_tests::util::fd_serial();
     let sys = Arc::new(TimerfdAddFailsOnce {
         adds: Default::default(),
     });
@@ -169,6 +172,7 @@ fn a_run_refused_by_the_timerfds_registration_leaves_the_loop_ready_to_run_again
 
 #[test]
 fn an_epoll_pwait2_probe_failing_otherwise_surfaces_and_leaks_nothing() {
+    let _serial = reseau_tests::util::fd_serial();
     let faults = Arc::new(Faults {
         epoll_pwait2: Some(Errno::ACCESS),
         ..Faults::default()
@@ -184,6 +188,7 @@ fn an_epoll_pwait2_probe_failing_otherwise_surfaces_and_leaks_nothing() {
 
 #[test]
 fn without_epoll_pwait2_and_timerfd_deadlines_round_up_to_milliseconds() {
+    let _serial = reseau_tests::util::fd_serial();
     for errno in [Errno::NOSYS, Errno::PERM, Errno::INVAL] {
         let faults = Arc::new(Faults {
             epoll_pwait2: Some(Errno::NOSYS),
@@ -200,6 +205,7 @@ fn without_epoll_pwait2_and_timerfd_deadlines_round_up_to_milliseconds() {
 
 #[test]
 fn a_timerfd_create_failing_with_emfile_surfaces_and_leaks_nothing() {
+    let _serial = reseau_tests::util::fd_serial();
     let faults = Arc::new(Faults {
         epoll_pwait2: Some(Errno::NOSYS),
         timerfd_monotonic: Some(Errno::MFILE),
@@ -216,6 +222,7 @@ fn a_timerfd_create_failing_with_emfile_surfaces_and_leaks_nothing() {
 
 #[test]
 fn clock_boottime_arms_deadlines_on_a_boottime_timerfd() {
+    let _serial = reseau_tests::util::fd_serial();
     let faults = Arc::new(Faults::default());
     let mut el = EventLoop::new(EventLoopOptions {
         clock: Clock::Boottime,
@@ -231,6 +238,7 @@ fn clock_boottime_arms_deadlines_on_a_boottime_timerfd() {
 
 #[test]
 fn clock_boottime_without_a_boottime_timerfd_takes_the_monotonic_chain() {
+    let _serial = reseau_tests::util::fd_serial();
     let faults = Arc::new(Faults {
         timerfd_boottime: Some(Errno::INVAL),
         ..Faults::default()
@@ -338,6 +346,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 
 #[test]
 fn clock_boottime_deadlines_are_computed_and_armed_on_the_boottime_scale() {
+    let _serial = reseau_tests::util::fd_serial();
     if !is_child(BOOT_MARKER) {
         // This binary again, in a new user + time namespace whose boot time is 1000 s
         // ahead (`timens_offsets` must be written before a process enters the namespace,
@@ -452,6 +461,7 @@ fn loop_thread_slack(el: &EventLoop) -> u64 {
 
 #[test]
 fn the_loop_thread_takes_the_configured_timer_slack_and_none_keeps_the_inherited_one() {
+    let _serial = reseau_tests::util::fd_serial();
     let inherited = rustix::thread::current_timer_slack().unwrap();
     let mut el = EventLoop::new(EventLoopOptions::default()).unwrap();
     el.run().unwrap();
