@@ -92,6 +92,93 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// The errno this error carries, if a syscall failing is its cause (directly, or inside
+    /// a refused subscribe, interest change or signal subscription).
+    pub fn errno(&self) -> Option<rustix::io::Errno> {
+        match self {
+            Error::Sys(e)
+            | Error::Subscribe(crate::io::SubscribeErrorKind::Sys(e))
+            | Error::Modify(crate::io::ModifyError::Sys(e))
+            | Error::Signal(crate::signals::SignalError::Sys(e)) => Some(e.errno),
+            Error::Spawn(e) => e.raw_os_error().map(rustix::io::Errno::from_raw_os_error),
+            _ => None,
+        }
+    }
+
+    /// The [`std::io::ErrorKind`] the conversion into [`std::io::Error`] uses for an error
+    /// that is not an errno.
+    fn io_kind(&self) -> std::io::ErrorKind {
+        use std::io::ErrorKind;
+        match self {
+            Error::InvalidOption(_) => ErrorKind::InvalidInput,
+            Error::Subscribe(
+                crate::io::SubscribeErrorKind::Blocking
+                | crate::io::SubscribeErrorKind::EmptyInterest,
+            )
+            | Error::Modify(crate::io::ModifyError::EmptyInterest)
+            | Error::Signal(
+                crate::signals::SignalError::Invalid { .. } | crate::signals::SignalError::EmptySet,
+            ) => ErrorKind::InvalidInput,
+            Error::Subscribe(crate::io::SubscribeErrorKind::AlreadySubscribed) => {
+                ErrorKind::AlreadyExists
+            }
+            Error::Unsubscribe(crate::io::UnsubscribeError::NotSubscribed)
+            | Error::Modify(crate::io::ModifyError::NotSubscribed) => ErrorKind::NotFound,
+            Error::LoopThreadAlive => ErrorKind::TimedOut,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// Into the standard library's error, for code written against `std::io::Result` (as
+/// mio's and tokio's users are used to): `?` works on reseau's results in such a function.
+///
+/// - An error caused by a failed syscall ([`Error::Sys`], and the `Sys` cases inside
+///   [`Error::Subscribe`], [`Error::Modify`] and [`Error::Signal`]) becomes
+///   [`std::io::Error::from_raw_os_error`] of its errno, like the standard library's own
+///   failed calls: [`raw_os_error`](std::io::Error::raw_os_error) and
+///   [`kind`](std::io::Error::kind) are exact and nothing is allocated, but the call's name
+///   ([`SysError::call`]) is not kept — match on the [`Error`] before converting to read it.
+/// - [`Error::Spawn`] is the standard library's error itself, handed back.
+/// - Anything else is wrapped whole (`std::io::Error::new`, one allocation): its kind is
+///   `InvalidInput` for a refused argument (an option, an empty interest, a blocking
+///   descriptor, an invalid signal), `AlreadyExists` for a descriptor subscribed twice,
+///   `NotFound` for an unknown subscription, `TimedOut` for [`Error::LoopThreadAlive`] and
+///   `Other` for the rest (invalid states, a forked loop, a full loop, a panic); the
+///   [`Error`] stays reachable with [`get_ref`](std::io::Error::get_ref) and
+///   `downcast_ref::<reseau_linux::Error>()`, and its message is the error's.
+impl From<Error> for std::io::Error {
+    #[cold]
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Spawn(e) => e,
+            e => match e.errno() {
+                Some(errno) => std::io::Error::from_raw_os_error(errno.raw_os_error()),
+                None => std::io::Error::new(e.io_kind(), e),
+            },
+        }
+    }
+}
+
+impl From<ScheduleError> for std::io::Error {
+    /// As [`Error`]'s conversion (kind `Other`); the refused task is dropped unrun (take
+    /// `e.task` first to keep it).
+    #[cold]
+    fn from(e: ScheduleError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl<S> From<crate::io::SubscribeError<S>> for std::io::Error {
+    /// As [`Error`]'s conversion (a failed `epoll_ctl` becomes its errno); the source
+    /// handed back is dropped (closed): take `e.source` first to keep it.
+    #[cold]
+    fn from(e: crate::io::SubscribeError<S>) -> Self {
+        Error::Subscribe(e.kind).into()
+    }
+}
+
 impl From<SysError> for Error {
     fn from(e: SysError) -> Self {
         Error::Sys(e)
@@ -232,3 +319,69 @@ impl fmt::Display for ScheduleError {
 }
 
 impl std::error::Error for ScheduleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reseau_core::Operation;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_failed_syscall_converts_to_its_errno() {
+        let sys = SysError {
+            call: "epoll_create1",
+            errno: rustix::io::Errno::MFILE,
+        };
+        let io: std::io::Error = Error::Sys(sys).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
+        let io: std::io::Error = Error::Subscribe(crate::io::SubscribeErrorKind::Sys(sys)).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
+        assert_eq!(
+            Error::Modify(crate::io::ModifyError::Sys(sys)).errno(),
+            Some(sys.errno)
+        );
+    }
+
+    #[test]
+    fn other_errors_are_wrapped_whole_with_a_kind() {
+        let io: std::io::Error = Error::InvalidOption("capacity must be at least 1").into();
+        assert_eq!(io.kind(), ErrorKind::InvalidInput);
+        assert_eq!(io.raw_os_error(), None);
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(matches!(inner, Some(Error::InvalidOption(_))));
+        assert!(io.to_string().contains("capacity must be at least 1"));
+
+        let io: std::io::Error = Error::Forked(Operation::Run).into();
+        assert_eq!(io.kind(), ErrorKind::Other);
+        let io: std::io::Error = Error::LoopThreadAlive.into();
+        assert_eq!(io.kind(), ErrorKind::TimedOut);
+        let io: std::io::Error =
+            Error::Subscribe(crate::io::SubscribeErrorKind::AlreadySubscribed).into();
+        assert_eq!(io.kind(), ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn a_spawn_error_is_handed_back_as_it_is() {
+        let spawn = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let io: std::io::Error = Error::Spawn(spawn).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EAGAIN));
+    }
+
+    #[test]
+    fn question_mark_works_in_an_io_result_function() {
+        fn probe() -> std::io::Result<()> {
+            let mut el = crate::EventLoop::new(crate::EventLoopOptions::default())?;
+            let h = el.handle();
+            el.destroy()?;
+            h.schedule_now(|_, _| {})?;
+            Ok(())
+        }
+        let e = probe().expect_err("a destroyed loop refuses the schedule");
+        assert_eq!(e.kind(), ErrorKind::Other);
+        assert!(
+            e.get_ref()
+                .and_then(|e| e.downcast_ref::<Error>())
+                .is_some_and(|e| matches!(e, Error::Schedule(ScheduleErrorKind::Destroyed(_))))
+        );
+    }
+}
