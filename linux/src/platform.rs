@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use crate::clock::{Clock, boot_now, mono_now, wait_ms};
 use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
-use crate::futures::Futures;
+use crate::futures::LoopFutures;
 use crate::handle::LoopHandle;
 use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
@@ -79,7 +79,7 @@ pub(crate) struct LinuxPlatform {
     exit: Mutex<()>,
     exit_cv: Condvar,
     /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
-    pub(crate) futures: Futures,
+    pub(crate) futures: LoopFutures,
     /// What [`guard`](Self::guard) does after a caught panic.
     on_panic: crate::panics::PanicPolicy,
 }
@@ -114,7 +114,7 @@ impl LinuxPlatform {
             loop_error: Mutex::new(None),
             exit: Mutex::new(()),
             exit_cv: Condvar::new(),
-            futures: Futures::default(),
+            futures: LoopFutures::default(),
             on_panic: options.on_panic,
         }
     }
