@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reseau_core::{Platform, TaskStatus};
 use rustix::event::epoll;
@@ -379,8 +379,10 @@ impl Platform for LinuxPlatform {
     }
 
     fn block_until(&self, done: &dyn Fn() -> bool, timeout: Option<u64>) -> bool {
-        // A timeout too large for an `Instant` is no limit at all.
-        let deadline = timeout.and_then(|ns| Instant::now().checked_add(Duration::from_nanos(ns)));
+        // Timed on CLOCK_MONOTONIC in ns, the clock the loop already reads (std's `Instant`
+        // is the same clock; its arithmetic is more code in a small binary). A deadline past
+        // u64 nanoseconds (~584 years) is no limit at all.
+        let deadline = timeout.and_then(|ns| mono_now().checked_add(ns));
         let mut guard = lock(&self.exit);
         loop {
             if done() {
@@ -389,13 +391,13 @@ impl Platform for LinuxPlatform {
             match deadline {
                 None => guard = self.exit_cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
+                    let now = mono_now();
                     if now >= d {
                         return done();
                     }
                     guard = self
                         .exit_cv
-                        .wait_timeout(guard, d - now)
+                        .wait_timeout(guard, Duration::from_nanos(d - now))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
