@@ -166,14 +166,15 @@ impl Error {
 ///   [`kind`](std::io::Error::kind) are exact and nothing is allocated, but the call's name
 ///   ([`SysError::call`]) is not kept.
 /// - [`Error::Spawn`] is the standard library's error itself, handed back.
-/// - Anything else keeps its kind and its message (the [`Display`](fmt::Display) text,
-///   formatted at the conversion): the kind is `InvalidInput` for a refused argument (an
+/// - Anything else keeps its kind and its message (the [`Display`](fmt::Display) text; the
+///   `Debug` text is the error's): the kind is `InvalidInput` for a refused argument (an
 ///   option, an empty interest, a blocking descriptor, an invalid signal), `AlreadyExists`
 ///   for a descriptor subscribed twice, `NotFound` for an unknown subscription, `TimedOut`
 ///   for [`Error::LoopThreadAlive`] and `Other` for the rest (invalid states, a forked loop,
 ///   a full loop, a panic).
 ///
-/// The [`Error`] value itself is not kept: boxing it would link every nested error type's
+/// The [`Error`] value is not reachable through the `io::Error` (it is boxed in a private
+/// wrapper without a `source`): reaching it would link every nested error type's
 /// formatting and `source` chain into any binary that converts, about 6.5 KB of a static
 /// one (README "Size and bare metal"), for a value `io::Error` users rarely downcast. To
 /// keep it, match on the [`Error`] before converting, or convert explicitly with
@@ -186,11 +187,29 @@ impl From<Error> for std::io::Error {
             Error::Spawn(e) => e,
             e => match e.errno() {
                 Some(errno) => std::io::Error::from_raw_os_error(errno.raw_os_error()),
-                None => std::io::Error::new(e.io_kind(), e.to_string()),
+                None => std::io::Error::new(e.io_kind(), Message(e)),
             },
         }
     }
 }
+
+/// What a converted [`Error`] carries inside a `std::io::Error`: the error, displayed as
+/// itself, with no `source` (see the conversion).
+struct Message(Error);
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Message {}
 
 impl From<ScheduleError> for std::io::Error {
     /// As [`Error`]'s conversion (kind `Other`); the refused task is dropped unrun (take
@@ -381,6 +400,7 @@ mod tests {
         assert_eq!(io.kind(), ErrorKind::InvalidInput);
         assert_eq!(io.raw_os_error(), None);
         assert_eq!(io.to_string(), message);
+        assert!(format!("{io:?}").contains("InvalidOption(invalid option: capacity"));
         // The explicit conversion keeps the value.
         let io = std::io::Error::other(Error::LoopThreadAlive);
         let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
