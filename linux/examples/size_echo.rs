@@ -1,8 +1,8 @@
 //! The size probe (issue: size budgets): [`size_hello`]'s program, with the echo served by
 //! a reseau loop on its own thread instead — one UDP subscription and one timer (a
-//! deadline that ends the loop if the datagram never comes). `.ci/run` fails if this
-//! static musl binary, built in the `min-size` profile, is more than 24 KiB larger than
-//! `size_hello`.
+//! deadline that ends the loop if the datagram never comes). `.ci/run` builds this static
+//! musl binary in the `min-size` profile and fails if it outgrows `size_hello` by more
+//! than its ceiling (README "Size and bare metal").
 //!
 //! Written like the hello, with `std::io::Result` (reseau's errors convert with `?`).
 //!
