@@ -1146,10 +1146,7 @@ where
     /// takes the cross-thread cancels. Returns whether anything was found.
     fn drain(&self, d: Drv, cx: &P::Cx) -> bool {
         let mut any = false;
-        while let Ok(i) = self
-            .inbox
-            .pop(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
-        {
+        while let Ok(i) = self.pop_inbox() {
             any = true;
             if self.slot(i).state.load(Ordering::Acquire) & CLAIM != PENDING {
                 self.finish(d, cx, i, TaskStatus::Canceled);
@@ -1199,10 +1196,7 @@ where
                 self.claim_cancel_any(i);
                 self.finish(d, cx, i, TaskStatus::Canceled);
             }
-            while let Ok(i) = self
-                .inbox
-                .pop(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
-            {
+            while let Ok(i) = self.pop_inbox() {
                 found = true;
                 self.claim_cancel_any(i);
                 self.finish(d, cx, i, TaskStatus::Canceled);
@@ -1273,9 +1267,22 @@ where
 
     // ---- driver-only state ----
 
+    /// Pops the inbox's head. One method for every caller: each call of the ring's generic
+    /// `pop` with its own closure would be a copy of it.
+    fn pop_inbox(&self) -> Result<u32, Empty> {
+        self.inbox
+            .pop(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
+    }
+
     #[inline(always)]
     fn slot(&self, i: u32) -> &Slot<T> {
-        &self.slots.as_ref()[i as usize]
+        // Every index comes from the engine's own lists or from a key it checked against
+        // the capacity; a miss is a bug. Its panic is one out-of-line call, not one panic
+        // location per inlined use (about 25 of them).
+        match self.slots.as_ref().get(i as usize) {
+            Some(slot) => slot,
+            None => slot_out_of_range(),
+        }
     }
 
     #[inline(always)]
@@ -1509,13 +1516,17 @@ where
         while let Some(i) = self.pop_any(d) {
             drop_task(i);
         }
-        while let Ok(i) = self
-            .inbox
-            .pop(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
-        {
+        while let Ok(i) = self.pop_inbox() {
             drop_task(i);
         }
     }
+}
+
+/// The panic of [`Engine::slot`]'s miss (an engine bug).
+#[cold]
+#[inline(never)]
+fn slot_out_of_range() -> ! {
+    panic!("reseau-core: a slot index out of range (an engine bug)")
 }
 
 fn flatten<R, E>(result: Option<Result<R, E>>) -> Result<R, DriveError<E>> {

@@ -1,8 +1,10 @@
 //! The size probe (issue: size budgets): [`size_hello`]'s program, with the echo served by
 //! a reseau loop on its own thread instead — one UDP subscription and one timer (a
-//! deadline that ends the loop if the datagram never comes). `.ci/run` fails if this
-//! static musl binary, built in the `min-size` profile, is more than 24 KiB larger than
-//! `size_hello`.
+//! deadline that ends the loop if the datagram never comes). `.ci/run` builds this static
+//! musl binary in the `min-size` profile and fails if it outgrows `size_hello` by more
+//! than its ceiling (README "Size and bare metal").
+//!
+//! Written like the hello, with `std::io::Result` (reseau's errors convert with `?`).
 //!
 //! `cargo build --profile min-size --target x86_64-unknown-linux-musl -p reseau-linux --example size_echo`
 
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use reseau_linux::{EventLoop, EventLoopOptions, Interest, IoControl, TaskStatus};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::io::Result<()> {
     let server = UdpSocket::bind("127.0.0.1:0")?;
     server.set_nonblocking(true)?;
     let addr = server.local_addr()?;
@@ -26,8 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = h.stop();
         }
         IoControl::Keep
-    })
-    .map_err(|_| std::io::Error::other("subscribe"))?;
+    })?;
     let timed_out = Arc::new(AtomicBool::new(false));
     let flag = timed_out.clone();
     el.schedule_at(el.handle().now() + 10_000_000_000, move |h, status| {

@@ -1,7 +1,8 @@
 //! The size baseline (issue: size budgets): a std program with one thread and one UDP
 //! socket echoing one datagram — what any small network service pays before an event loop.
-//! `.ci/run` builds it and `size_echo` in the `min-size` profile for static musl and fails
-//! if `size_echo` is more than 24 KiB larger: that difference is what reseau costs.
+//! `.ci/run` builds it and `size_echo` in the `min-size` profile for static musl: the
+//! difference is what reseau costs, and CI fails past its ceiling (the issue's target is
+//! 24 KiB; README "Size and bare metal" has the figures).
 //!
 //! `cargo build --profile min-size --target x86_64-unknown-linux-musl -p reseau-linux --example size_hello`
 

@@ -9,7 +9,6 @@ use crate::sys::SysError;
 use crate::task::Task;
 
 /// An error of the event loop.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// A syscall failed; names the call and the errno.
@@ -51,6 +50,32 @@ pub enum Error {
     LocalSpawn(crate::LocalSpawnErrorKind),
 }
 
+/// The variant's name and the error's message, as in `Sys(epoll_create1 failed: Too many
+/// open files (os error 24))`: the facts a derived `Debug` would print, written once by the
+/// `Display` implementation, so that a binary that prints an error (a `main` returning one)
+/// carries one formatter per error type rather than two (the README's "Size and bare metal":
+/// about 4.6 KB of a static binary). The nested values keep their derived `Debug`.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Error::Sys(_) => "Sys",
+            Error::InvalidState(_) => "InvalidState",
+            Error::Spawn(_) => "Spawn",
+            Error::InvalidOption(_) => "InvalidOption",
+            Error::Unsubscribe(_) => "Unsubscribe",
+            Error::Subscribe(_) => "Subscribe",
+            Error::Modify(_) => "Modify",
+            Error::Signal(_) => "Signal",
+            Error::LoopThreadAlive => return f.write_str("LoopThreadAlive"),
+            Error::Panicked(_) => "Panicked",
+            Error::Schedule(_) => "Schedule",
+            Error::Forked(_) => "Forked",
+            Error::LocalSpawn(_) => "LocalSpawn",
+        };
+        f.debug_tuple(name).field(&format_args!("{self}")).finish()
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -89,6 +114,118 @@ impl std::error::Error for Error {
             Error::LocalSpawn(kind) => Some(kind),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// The errno this error carries, if a syscall failing is its cause (directly, or inside
+    /// a refused subscribe, interest change or signal subscription).
+    pub fn errno(&self) -> Option<rustix::io::Errno> {
+        match self {
+            Error::Sys(e)
+            | Error::Subscribe(crate::io::SubscribeErrorKind::Sys(e))
+            | Error::Modify(crate::io::ModifyError::Sys(e))
+            | Error::Signal(crate::signals::SignalError::Sys(e)) => Some(e.errno),
+            Error::Spawn(e) => e.raw_os_error().map(rustix::io::Errno::from_raw_os_error),
+            _ => None,
+        }
+    }
+
+    /// The [`std::io::ErrorKind`] the conversion into [`std::io::Error`] uses for an error
+    /// that is not an errno.
+    fn io_kind(&self) -> std::io::ErrorKind {
+        use std::io::ErrorKind;
+        match self {
+            Error::InvalidOption(_) => ErrorKind::InvalidInput,
+            Error::Subscribe(
+                crate::io::SubscribeErrorKind::Blocking
+                | crate::io::SubscribeErrorKind::EmptyInterest,
+            )
+            | Error::Modify(crate::io::ModifyError::EmptyInterest)
+            | Error::Signal(
+                crate::signals::SignalError::Invalid { .. } | crate::signals::SignalError::EmptySet,
+            ) => ErrorKind::InvalidInput,
+            Error::Subscribe(crate::io::SubscribeErrorKind::AlreadySubscribed) => {
+                ErrorKind::AlreadyExists
+            }
+            Error::Unsubscribe(crate::io::UnsubscribeError::NotSubscribed)
+            | Error::Modify(crate::io::ModifyError::NotSubscribed) => ErrorKind::NotFound,
+            Error::LoopThreadAlive => ErrorKind::TimedOut,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// Into the standard library's error, for code written against `std::io::Result` (as
+/// mio's and tokio's users are used to): `?` works on reseau's results in such a function.
+///
+/// - An error caused by a failed syscall ([`Error::Sys`], and the `Sys` cases inside
+///   [`Error::Subscribe`], [`Error::Modify`] and [`Error::Signal`]) becomes
+///   [`std::io::Error::from_raw_os_error`] of its errno, like the standard library's own
+///   failed calls: [`raw_os_error`](std::io::Error::raw_os_error) and
+///   [`kind`](std::io::Error::kind) are exact and nothing is allocated, but the call's name
+///   ([`SysError::call`]) is not kept.
+/// - [`Error::Spawn`] is the standard library's error itself, handed back.
+/// - Anything else keeps its kind and its message (the [`Display`](fmt::Display) text; the
+///   `Debug` text is the error's): the kind is `InvalidInput` for a refused argument (an
+///   option, an empty interest, a blocking descriptor, an invalid signal), `AlreadyExists`
+///   for a descriptor subscribed twice, `NotFound` for an unknown subscription, `TimedOut`
+///   for [`Error::LoopThreadAlive`] and `Other` for the rest (invalid states, a forked loop,
+///   a full loop, a panic).
+///
+/// The [`Error`] value is not reachable through the `io::Error` (it is boxed in a private
+/// wrapper without a `source`): reaching it would link every nested error type's
+/// formatting and `source` chain into any binary that converts, about 6.5 KB of a static
+/// one (README "Size and bare metal"), for a value `io::Error` users rarely downcast. To
+/// keep it, match on the [`Error`] before converting, or convert explicitly with
+/// `.map_err(std::io::Error::other)` (then `get_ref()` and `downcast_ref::<Error>()` reach
+/// it).
+impl From<Error> for std::io::Error {
+    #[cold]
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Spawn(e) => e,
+            e => match e.errno() {
+                Some(errno) => std::io::Error::from_raw_os_error(errno.raw_os_error()),
+                None => std::io::Error::new(e.io_kind(), Message(e)),
+            },
+        }
+    }
+}
+
+/// What a converted [`Error`] carries inside a `std::io::Error`: the error, displayed as
+/// itself, with no `source` (see the conversion).
+struct Message(Error);
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl From<ScheduleError> for std::io::Error {
+    /// As [`Error`]'s conversion (kind `Other`); the refused task is dropped unrun (take
+    /// `e.task` first to keep it).
+    #[cold]
+    fn from(e: ScheduleError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl<S> From<crate::io::SubscribeError<S>> for std::io::Error {
+    /// As [`Error`]'s conversion (a failed `epoll_ctl` becomes its errno); the source
+    /// handed back is dropped (closed): take `e.source` first to keep it.
+    #[cold]
+    fn from(e: crate::io::SubscribeError<S>) -> Self {
+        Error::Subscribe(e.kind).into()
     }
 }
 
@@ -232,3 +369,84 @@ impl fmt::Display for ScheduleError {
 }
 
 impl std::error::Error for ScheduleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reseau_core::Operation;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_failed_syscall_converts_to_its_errno() {
+        let sys = SysError {
+            call: "epoll_create1",
+            errno: rustix::io::Errno::MFILE,
+        };
+        let io: std::io::Error = Error::Sys(sys).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
+        let io: std::io::Error = Error::Subscribe(crate::io::SubscribeErrorKind::Sys(sys)).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
+        assert_eq!(
+            Error::Modify(crate::io::ModifyError::Sys(sys)).errno(),
+            Some(sys.errno)
+        );
+    }
+
+    #[test]
+    fn other_errors_keep_a_kind_and_their_message() {
+        let e = Error::InvalidOption("capacity must be at least 1");
+        let message = e.to_string();
+        let io: std::io::Error = e.into();
+        assert_eq!(io.kind(), ErrorKind::InvalidInput);
+        assert_eq!(io.raw_os_error(), None);
+        assert_eq!(io.to_string(), message);
+        assert!(format!("{io:?}").contains("InvalidOption(invalid option: capacity"));
+        // The explicit conversion keeps the value.
+        let io = std::io::Error::other(Error::LoopThreadAlive);
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(matches!(inner, Some(Error::LoopThreadAlive)));
+
+        let io: std::io::Error = Error::Forked(Operation::Run).into();
+        assert_eq!(io.kind(), ErrorKind::Other);
+        let io: std::io::Error = Error::LoopThreadAlive.into();
+        assert_eq!(io.kind(), ErrorKind::TimedOut);
+        let io: std::io::Error =
+            Error::Subscribe(crate::io::SubscribeErrorKind::AlreadySubscribed).into();
+        assert_eq!(io.kind(), ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn debug_names_the_variant_and_says_the_message() {
+        use std::error::Error as _;
+        let e = Error::Sys(SysError {
+            call: "epoll_create1",
+            errno: rustix::io::Errno::MFILE,
+        });
+        let debug = format!("{e:?}");
+        assert!(debug.starts_with("Sys(epoll_create1 failed: "), "{debug}");
+        assert!(debug.ends_with(')'), "{debug}");
+        assert_eq!(format!("{:?}", Error::LoopThreadAlive), "LoopThreadAlive");
+        assert!(e.source().is_some(), "the chain reaches the SysError");
+    }
+
+    #[test]
+    fn a_spawn_error_is_handed_back_as_it_is() {
+        let spawn = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let io: std::io::Error = Error::Spawn(spawn).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EAGAIN));
+    }
+
+    #[test]
+    fn question_mark_works_in_an_io_result_function() {
+        fn probe() -> std::io::Result<()> {
+            let mut el = crate::EventLoop::new(crate::EventLoopOptions::default())?;
+            let h = el.handle();
+            el.destroy()?;
+            h.schedule_now(|_, _| {})?;
+            Ok(())
+        }
+        let e = probe().expect_err("a destroyed loop refuses the schedule");
+        assert_eq!(e.kind(), ErrorKind::Other);
+        assert!(e.to_string().starts_with("schedule refused"), "{e}");
+    }
+}

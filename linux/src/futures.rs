@@ -34,7 +34,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
 use reseau_core::{Operation, Platform, TaskStatus};
@@ -374,7 +374,7 @@ impl FutureTask {
             drop_guarded(|| drop(f));
         }
         if let Some(shared) = self.handle.upgrade() {
-            shared.platform().futures.forget(self.key);
+            shared.platform().futures.get().forget(self.key);
         }
     }
 
@@ -420,7 +420,7 @@ impl FutureTask {
         if finished {
             drop_guarded(|| drop(future));
             if let Some(shared) = self.handle.upgrade() {
-                shared.platform().futures.forget(self.key);
+                shared.platform().futures.get().forget(self.key);
             }
         }
     }
@@ -449,7 +449,11 @@ impl FutureTask {
         };
         if let ScheduleErrorKind::Full { .. } = refused
             && let Some(shared) = self.handle.upgrade()
-            && shared.platform().futures.overflow(&shared, self.clone())
+            && shared
+                .platform()
+                .futures
+                .get()
+                .overflow(&shared, self.clone())
         {
             return;
         }
@@ -480,6 +484,62 @@ impl Wake for FutureTask {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.wake_by_ref_inner();
+    }
+}
+
+/// A loop's futures, created by its first spawn ([`LoopHandle::spawn`] or
+/// [`spawn_local`](LoopHandle::spawn_local)). The tick and the teardown reach them through
+/// a trait object whose table only a spawn instantiates, so a program that never spawns a
+/// future links neither the live-futures table (a `HashMap`, with its seeded hasher) nor
+/// the overflow list: about 3 KB of a static binary (README "Size and bare metal").
+#[derive(Default)]
+pub(crate) struct LoopFutures(OnceLock<Box<dyn FutureHooks>>);
+
+/// What the loop calls on its futures without knowing their type.
+trait FutureHooks: Send + Sync {
+    fn futures(&self) -> &Futures;
+    fn drain_overflow(&self);
+    fn close_all(&self) -> usize;
+}
+
+impl FutureHooks for Futures {
+    fn futures(&self) -> &Futures {
+        self
+    }
+    fn drain_overflow(&self) {
+        Futures::drain_overflow(self);
+    }
+    fn close_all(&self) -> usize {
+        Futures::close_all(self)
+    }
+}
+
+impl LoopFutures {
+    /// The loop's futures, created on first use (by a spawn: a live future implies they
+    /// exist).
+    pub(crate) fn get(&self) -> &Futures {
+        self.0
+            .get_or_init(|| Box::new(Futures::default()))
+            .futures()
+    }
+
+    /// The driver's tick: polls the futures woken while the loop was full, if any.
+    pub(crate) fn drain_overflow(&self) {
+        if let Some(hooks) = self.0.get() {
+            hooks.drain_overflow();
+        }
+    }
+
+    /// At destroy, on the driver: drops every future still alive. Returns how many.
+    pub(crate) fn close_all(&self) -> usize {
+        self.0.get().map_or(0, |hooks| hooks.close_all())
+    }
+
+    /// How many wakes went to the overflow list (0 if no future was ever spawned).
+    pub(crate) fn overflowed(&self) -> u64 {
+        self.0.get().map_or(0, |hooks| {
+            hooks.futures().overflowed.load(Ordering::Relaxed)
+        })
     }
 }
 
@@ -602,7 +662,7 @@ impl LoopHandle {
                 Err(e) => return refuse(ScheduleErrorKind::Destroyed(e), future),
             }
         };
-        let futures = &shared.platform().futures;
+        let futures = shared.platform().futures.get();
         let cell = Arc::new(JoinCell::new());
         let key = futures.key();
         let task = Arc::new(FutureTask {

@@ -94,10 +94,7 @@ impl LoopHandle {
             .map(|s| {
                 let p = s.platform();
                 Stats {
-                    futures_overflowed: p
-                        .futures
-                        .overflowed
-                        .load(std::sync::atomic::Ordering::Relaxed),
+                    futures_overflowed: p.futures.overflowed(),
                     ..p.counters.snapshot()
                 }
             })

@@ -35,9 +35,10 @@
 //!
 //!
 //! Features: `log` (default) reports fallbacks, caught panics and failed syscalls through
-//! the [`log`](https://docs.rs/log) crate; without it those lines compile to nothing
-//! (smaller binaries — see the README's "Size"), and the same facts stay observable as
-//! values ([`EventLoop::backend`], [`Stats`], the errors returned).
+//! the [`log`](https://docs.rs/log) crate; without it those lines compile to nothing, and
+//! the same facts stay observable as values ([`EventLoop::backend`], [`Stats`], the errors
+//! returned). A program that installs no logger pays nothing for it either way: with LTO
+//! the calls go, since the log level is never raised (README "Size and bare metal").
 //!
 //! [`turn`]: EventLoop::turn
 //! [`run_here`]: EventLoop::run_here

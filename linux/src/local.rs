@@ -147,7 +147,7 @@ struct LocalTask {
 impl LocalTask {
     fn forget(&self) {
         if let Some(shared) = self.handle.upgrade() {
-            shared.platform().futures.forget(self.key);
+            shared.platform().futures.get().forget(self.key);
         }
     }
 
@@ -233,7 +233,11 @@ impl LocalTask {
         };
         if let ScheduleErrorKind::Full { .. } = refused
             && let Some(shared) = self.handle.upgrade()
-            && shared.platform().futures.overflow(&shared, self.clone())
+            && shared
+                .platform()
+                .futures
+                .get()
+                .overflow(&shared, self.clone())
         {
             return;
         }
@@ -369,7 +373,7 @@ impl LoopHandle {
             return refuse(LocalSpawnErrorKind::NotOnLoopThread, future);
         }
         purge();
-        let futures = &shared.platform().futures;
+        let futures = shared.platform().futures.get();
         let key = futures.key();
         let cell = Arc::new(JoinCell::new());
         let cancel_cell = cell.clone();

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reseau_core::{Platform, TaskStatus};
 use rustix::event::epoll;
@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use crate::clock::{Clock, boot_now, mono_now, wait_ms};
 use crate::error::Error;
 use crate::event_loop::EventLoopOptions;
-use crate::futures::Futures;
+use crate::futures::LoopFutures;
 use crate::handle::LoopHandle;
 use crate::io::{Found, Interest, IoControl, Readiness, Slab, Source, Subscription};
 use crate::load::Load;
@@ -87,7 +87,7 @@ pub(crate) struct LinuxPlatform {
     exit: Mutex<()>,
     exit_cv: Condvar,
     /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
-    pub(crate) futures: Futures,
+    pub(crate) futures: LoopFutures,
     /// What [`guard`](Self::guard) does after a caught panic.
     on_panic: crate::panics::PanicPolicy,
     /// `EventLoopOptions::spin_before_park`, in ns (0: off).
@@ -131,7 +131,7 @@ impl LinuxPlatform {
             loop_error: Mutex::new(None),
             exit: Mutex::new(()),
             exit_cv: Condvar::new(),
-            futures: Futures::default(),
+            futures: LoopFutures::default(),
             on_panic: options.on_panic,
             spin_ns: options
                 .spin_before_park
@@ -457,8 +457,10 @@ impl Platform for LinuxPlatform {
     }
 
     fn block_until(&self, done: &dyn Fn() -> bool, timeout: Option<u64>) -> bool {
-        // A timeout too large for an `Instant` is no limit at all.
-        let deadline = timeout.and_then(|ns| Instant::now().checked_add(Duration::from_nanos(ns)));
+        // Timed on CLOCK_MONOTONIC in ns, the clock the loop already reads (std's `Instant`
+        // is the same clock; its arithmetic is more code in a small binary). A deadline past
+        // u64 nanoseconds (~584 years) is no limit at all.
+        let deadline = timeout.and_then(|ns| mono_now().checked_add(ns));
         let mut guard = lock(&self.exit);
         loop {
             if done() {
@@ -467,13 +469,13 @@ impl Platform for LinuxPlatform {
             match deadline {
                 None => guard = self.exit_cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
+                    let now = mono_now();
                     if now >= d {
                         return done();
                     }
                     guard = self
                         .exit_cv
-                        .wait_timeout(guard, d - now)
+                        .wait_timeout(guard, Duration::from_nanos(d - now))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }

@@ -22,6 +22,18 @@ fn check(ret: libc::c_long) -> Result<libc::c_long> {
     }
 }
 
+/// Owns a descriptor the kernel just returned (one call site: one panic location for
+/// `from_raw_fd`'s check, not three).
+///
+/// # Safety
+/// `fd` is an open descriptor that nothing else owns.
+#[cfg(any(target_arch = "x86_64", target_arch = "x86", target_arch = "arm"))]
+#[inline(never)]
+unsafe fn owned(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: the caller's contract.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// `epoll_create(1)`: an epoll descriptor *without* close-on-exec.
 #[cfg(any(target_arch = "x86_64", target_arch = "x86", target_arch = "arm"))]
 pub fn epoll_create() -> Result<OwnedFd> {
@@ -34,7 +46,7 @@ pub fn epoll_create() -> Result<OwnedFd> {
         )
     })?;
     // SAFETY: on success the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { owned(fd as libc::c_int) })
 }
 
 /// `pipe(fds)`: (read end, write end), *without* close-on-exec or non-blocking.
@@ -50,7 +62,7 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: on success both are new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(unsafe { (owned(fds[0]), owned(fds[1])) })
 }
 
 /// `epoll_create` does not exist on this architecture.
