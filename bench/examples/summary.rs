@@ -590,6 +590,9 @@ fn offsets(n: u64) -> Vec<u64> {
         .collect()
 }
 
+/// `epoll_wait`s in reseau's timer runs: (timers, waits).
+static TIMER_WAITS: Mutex<Vec<(u64, f64)>> = Mutex::new(Vec::new());
+
 /// reseau: `n` timers armed from the loop thread; CPU ns per timer.
 fn timers_reseau(n: u64) -> f64 {
     let offsets = offsets(n);
@@ -613,6 +616,11 @@ fn timers_reseau(n: u64) -> f64 {
     .unwrap();
     done.wait("timers reseau");
     let cpu = process_cpu_ns() - cpu0;
+    let stats = el.stats();
+    TIMER_WAITS
+        .lock()
+        .unwrap()
+        .push((n, stats.epoll_waits as f64));
     el.destroy().unwrap();
     cpu as f64 / n as f64
 }
@@ -912,7 +920,9 @@ impl Row {
             peers.iter().copied().reduce(f64::min)
         };
         let ratio = match (self.cells[0], best) {
-            (Some(r), Some(b)) if b > 0.0 => format!("{:.2}", r / b),
+            (Some(r), Some(b)) if b > 0.0 && !self.unit.starts_with("allocs") => {
+                format!("{:.2}", r / b)
+            }
             _ => "—".into(),
         };
         let cells: Vec<String> = self.cells.iter().map(|c| fmt(*c, self.digits)).collect();
@@ -958,7 +968,40 @@ fn measure<const C: usize>(
     out
 }
 
+/// `summary probe LOOP N`: one producer thread schedules `N` tiny tasks onto `LOOP`
+/// (reseau, tokio, calloop, mio or floor), the main thread waits until all ran. For
+/// callgrind, as `linux/examples/xthread_probe.rs` for reseau alone: the instructions per
+/// task are (I(200k) − I(100k)) / 100k.
+fn probe<L: Loop>(n: u64) {
+    let lp = L::start();
+    let s = lp.spawner();
+    let done = Done::new(n);
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            s.spawn(move || done.hit());
+        }
+    })
+    .join()
+    .unwrap();
+    done.wait("probe");
+    drop(lp);
+    println!("{n} tasks ran");
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        let n = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+        match args.get(2).map(String::as_str) {
+            Some("reseau") => probe::<Reseau>(n),
+            Some("tokio") => probe::<Tokio>(n),
+            Some("calloop") => probe::<Calloop>(n),
+            Some("mio") => probe::<Mio>(n),
+            Some("floor") => probe::<Floor>(n),
+            other => panic!("probe {other:?}: reseau, tokio, calloop, mio or floor"),
+        }
+        return;
+    }
     let scale = env_f64("RESEAU_BENCH_SCALE", 1.0);
     let runs = env_f64("RESEAU_BENCH_RUNS", 3.0) as usize;
     assert!(runs >= 1 && scale > 0.0);
@@ -966,128 +1009,86 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
     let progress = |what: &str| eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
-
-    // xthread, 1 producer.
+    let only = std::env::var("RESEAU_BENCH_ONLY").ok();
+    let want = |s: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == s));
     let tasks = n(1_000_000.0);
-    progress("xthread");
-    let mut reseau_runs = Vec::new();
-    let m = |x: Xthread| Some(x.tasks_per_s / 1e6);
-    let cells = measure(
-        runs,
-        [
-            &mut || {
-                let x = xthread::<Reseau>(tasks, 1, false);
-                reseau_runs.push(x);
-                m(x)
-            },
-            &mut || m(xthread::<Tokio>(tasks, 1, false)),
-            &mut || m(xthread::<Calloop>(tasks, 1, false)),
-            &mut || m(xthread::<Mio>(tasks, 1, false)),
-            &mut || m(xthread::<Floor>(tasks, 1, false)),
-        ],
-    );
-    rows.push(Row {
-        scenario: format!("`xthread` 1 producer → 1 loop, {tasks} tasks"),
-        unit: "M tasks/s",
-        higher_is_better: true,
-        cells,
-        digits: 2,
-    });
-    let refused = median(reseau_runs.iter().map(|x| x.refused as f64).collect());
-    let wakeups = median(
-        reseau_runs
-            .iter()
-            .map(|x| x.wakeups_per_100.unwrap())
-            .collect(),
-    );
-
-    // xthread4.
-    progress("xthread4");
-    let cells = measure(
-        runs,
-        [
-            &mut || m(xthread::<Reseau>(tasks, 4, true)),
-            &mut || m(xthread::<Tokio>(tasks, 4, true)),
-            &mut || m(xthread::<Calloop>(tasks, 4, true)),
-            &mut || m(xthread::<Mio>(tasks, 4, true)),
-            &mut || m(xthread::<Floor>(tasks, 4, true)),
-        ],
-    );
-    rows.push(Row {
-        scenario: format!("`xthread4` 4 producers → 1 loop, {tasks} tasks (reseau serialized)"),
-        unit: "M tasks/s",
-        higher_is_better: true,
-        cells,
-        digits: 2,
-    });
-
-    // pingpong.
-    progress("pingpong");
-    let trips = n(20_000.0);
     let k = |v: f64| Some(v / 1e3);
-    let cells = measure(
-        runs,
-        [
-            &mut || k(pingpong::<Reseau>(trips)),
-            &mut || k(pingpong::<Tokio>(trips)),
-            &mut || k(pingpong::<Calloop>(trips)),
-            &mut || k(pingpong::<Mio>(trips)),
-            &mut || k(pingpong_floor(trips)),
-        ],
-    );
-    rows.push(Row {
-        scenario: format!("`pingpong` a task between 2 loops, {trips} round trips"),
-        unit: "k round trips/s",
-        higher_is_better: true,
-        cells,
-        digits: 1,
-    });
+    let m = |x: Xthread| Some(x.tasks_per_s / 1e6);
+    let mut reseau_note = None;
 
-    // timers.
-    for base in [50_000.0, 1_000_000.0] {
-        let timers = n(base);
-        progress(&format!("timers {timers}"));
+    if want("xthread") {
+        // xthread, 1 producer.
+        progress("xthread");
+        let mut reseau_runs = Vec::new();
         let cells = measure(
             runs,
             [
-                &mut || Some(timers_reseau(timers)),
-                &mut || Some(timers_tokio(timers)),
-                &mut || None,
-                &mut || None,
-                &mut || Some(timers_heap(timers)),
+                &mut || {
+                    let x = xthread::<Reseau>(tasks, 1, false);
+                    reseau_runs.push(x);
+                    m(x)
+                },
+                &mut || m(xthread::<Tokio>(tasks, 1, false)),
+                &mut || m(xthread::<Calloop>(tasks, 1, false)),
+                &mut || m(xthread::<Mio>(tasks, 1, false)),
+                &mut || m(xthread::<Floor>(tasks, 1, false)),
             ],
         );
         rows.push(Row {
-            scenario: format!(
-                "`timers` {timers} over 200 ms (floor column: std `BinaryHeap` loop)"
-            ),
-            unit: "CPU ns/timer",
-            higher_is_better: false,
+            scenario: format!("`xthread` 1 producer → 1 loop, {tasks} tasks"),
+            unit: "M tasks/s",
+            higher_is_better: true,
             cells,
-            digits: 0,
+            digits: 2,
+        });
+        let refused = median(reseau_runs.iter().map(|x| x.refused as f64).collect());
+        let wakeups = median(
+            reseau_runs
+                .iter()
+                .map(|x| x.wakeups_per_100.unwrap())
+                .collect(),
+        );
+        reseau_note = Some((refused, wakeups));
+    }
+
+    if want("xthread4") {
+        // xthread4.
+        progress("xthread4");
+        let cells = measure(
+            runs,
+            [
+                &mut || m(xthread::<Reseau>(tasks, 4, true)),
+                &mut || m(xthread::<Tokio>(tasks, 4, true)),
+                &mut || m(xthread::<Calloop>(tasks, 4, true)),
+                &mut || m(xthread::<Mio>(tasks, 4, true)),
+                &mut || m(xthread::<Floor>(tasks, 4, true)),
+            ],
+        );
+        rows.push(Row {
+            scenario: format!("`xthread4` 4 producers → 1 loop, {tasks} tasks (reseau serialized)"),
+            unit: "M tasks/s",
+            higher_is_better: true,
+            cells,
+            digits: 2,
         });
     }
 
-    // io, io1.
-    let io_trips = n(200_000.0);
-    for one in [false, true] {
-        progress(if one { "io1" } else { "io" });
+    if want("pingpong") {
+        // pingpong.
+        progress("pingpong");
+        let trips = n(20_000.0);
         let cells = measure(
             runs,
             [
-                &mut || k(io_reseau(io_trips, one)),
-                &mut || k(io_tokio(io_trips, one)),
-                &mut || None,
-                &mut || k(io_mio(io_trips, one)),
-                &mut || k(io_floor(io_trips, one)),
+                &mut || k(pingpong::<Reseau>(trips)),
+                &mut || k(pingpong::<Tokio>(trips)),
+                &mut || k(pingpong::<Calloop>(trips)),
+                &mut || k(pingpong::<Mio>(trips)),
+                &mut || k(pingpong_floor(trips)),
             ],
         );
         rows.push(Row {
-            scenario: if one {
-                format!("`io1` 1-byte ping-pong, one loop owns both ends, {io_trips} round trips")
-            } else {
-                format!("`io` 1-byte ping-pong over a socketpair, 2 loops, {io_trips} round trips")
-            },
+            scenario: format!("`pingpong` a task between 2 loops, {trips} round trips"),
             unit: "k round trips/s",
             higher_is_better: true,
             cells,
@@ -1095,65 +1096,143 @@ fn main() {
         });
     }
 
-    // Allocations, counted in runs of their own.
-    progress("allocations");
-    let alloc_tasks = n(100_000.0);
-    // Counted after the warm-up, until the last task ran.
-    fn xt_allocs<L: Loop>(tasks: u64) -> Option<f64> {
-        let lp = L::start();
-        let s = lp.spawner();
-        let warm = Done::new(WARM_UP);
-        for _ in 0..WARM_UP {
-            s.spawn(move || warm.hit());
+    if want("timers") {
+        // timers.
+        for base in [50_000.0, 1_000_000.0] {
+            let timers = n(base);
+            progress(&format!("timers {timers}"));
+            let cells = measure(
+                runs,
+                [
+                    &mut || Some(timers_reseau(timers)),
+                    &mut || Some(timers_tokio(timers)),
+                    &mut || None,
+                    &mut || None,
+                    &mut || Some(timers_heap(timers)),
+                ],
+            );
+            rows.push(Row {
+                scenario: format!(
+                    "`timers` {timers} over 200 ms (floor column: std `BinaryHeap` loop)"
+                ),
+                unit: "CPU ns/timer",
+                higher_is_better: false,
+                cells,
+                digits: 0,
+            });
         }
-        warm.wait("warm-up");
-        let done = Done::new(tasks);
-        let ((), allocs) = counting(|| {
-            for _ in 0..tasks {
-                s.spawn(move || done.hit());
+    }
+
+    if want("io") {
+        // io, io1.
+        let io_trips = n(200_000.0);
+        for one in [false, true] {
+            progress(if one { "io1" } else { "io" });
+            let cells = measure(
+                runs,
+                [
+                    &mut || k(io_reseau(io_trips, one)),
+                    &mut || k(io_tokio(io_trips, one)),
+                    &mut || None,
+                    &mut || k(io_mio(io_trips, one)),
+                    &mut || k(io_floor(io_trips, one)),
+                ],
+            );
+            rows.push(Row {
+                scenario: if one {
+                    format!(
+                        "`io1` 1-byte ping-pong, one loop owns both ends, {io_trips} round trips"
+                    )
+                } else {
+                    format!(
+                        "`io` 1-byte ping-pong over a socketpair, 2 loops, {io_trips} round trips"
+                    )
+                },
+                unit: "k round trips/s",
+                higher_is_better: true,
+                cells,
+                digits: 1,
+            });
+        }
+    }
+
+    if want("allocations") {
+        // Allocations, counted in runs of their own.
+        progress("allocations");
+        let alloc_tasks = n(100_000.0);
+        // Counted after the warm-up, until the last task ran.
+        fn xt_allocs<L: Loop>(tasks: u64) -> Option<f64> {
+            let lp = L::start();
+            let s = lp.spawner();
+            let warm = Done::new(WARM_UP);
+            for _ in 0..WARM_UP {
+                s.spawn(move || warm.hit());
             }
-            done.wait("xthread allocations");
+            warm.wait("warm-up");
+            let done = Done::new(tasks);
+            let ((), allocs) = counting(|| {
+                for _ in 0..tasks {
+                    s.spawn(move || done.hit());
+                }
+                done.wait("xthread allocations");
+            });
+            drop(s);
+            drop(lp);
+            Some(allocs as f64 / tasks as f64)
+        }
+        let cells = [
+            xt_allocs::<Reseau>(alloc_tasks),
+            xt_allocs::<Tokio>(alloc_tasks),
+            xt_allocs::<Calloop>(alloc_tasks),
+            xt_allocs::<Mio>(alloc_tasks),
+            xt_allocs::<Floor>(alloc_tasks),
+        ];
+        rows.push(Row {
+            scenario: format!("heap allocations per task (`xthread`, {alloc_tasks} after warm-up)"),
+            unit: "allocs/task",
+            higher_is_better: false,
+            cells,
+            digits: 2,
         });
-        drop(s);
-        drop(lp);
-        Some(allocs as f64 / tasks as f64)
+        // Pingpong: the marginal count, (A(2p) - A(p)) / p, so that starting the two loops
+        // is left out.
+        let pp = n(5_000.0);
+        fn marginal(pp: u64, f: fn(u64) -> f64) -> Option<f64> {
+            let (_, one) = counting(|| f(pp));
+            let (_, two) = counting(|| f(2 * pp));
+            Some((two as f64 - one as f64) / pp as f64)
+        }
+        let cells = [
+            marginal(pp, pingpong::<Reseau>),
+            marginal(pp, pingpong::<Tokio>),
+            marginal(pp, pingpong::<Calloop>),
+            marginal(pp, pingpong::<Mio>),
+            marginal(pp, pingpong_floor),
+        ];
+        rows.push(Row {
+            scenario: format!("heap allocations per round trip (`pingpong`, marginal over {pp})"),
+            unit: "allocs/round trip",
+            higher_is_better: false,
+            cells,
+            digits: 2,
+        });
+        // io (two loops), the same way.
+        let io_pp = n(20_000.0);
+        let cells = [
+            marginal(io_pp, |t| io_reseau(t, false)),
+            marginal(io_pp, |t| io_tokio(t, false)),
+            None,
+            marginal(io_pp, |t| io_mio(t, false)),
+            marginal(io_pp, |t| io_floor(t, false)),
+        ];
+        rows.push(Row {
+            scenario: format!("heap allocations per round trip (`io`, marginal over {io_pp})"),
+            unit: "allocs/round trip",
+            higher_is_better: false,
+            cells,
+            digits: 2,
+        });
     }
-    let cells = [
-        xt_allocs::<Reseau>(alloc_tasks),
-        xt_allocs::<Tokio>(alloc_tasks),
-        xt_allocs::<Calloop>(alloc_tasks),
-        xt_allocs::<Mio>(alloc_tasks),
-        xt_allocs::<Floor>(alloc_tasks),
-    ];
-    rows.push(Row {
-        scenario: format!("heap allocations per task (`xthread`, {alloc_tasks} after warm-up)"),
-        unit: "allocs/task",
-        higher_is_better: false,
-        cells,
-        digits: 2,
-    });
-    // Pingpong: the marginal count, (A(2p) - A(p)) / p, so that starting the two loops
-    // is left out.
-    let pp = n(5_000.0);
-    fn marginal(pp: u64, f: fn(u64) -> f64) -> Option<f64> {
-        let (_, one) = counting(|| f(pp));
-        let (_, two) = counting(|| f(2 * pp));
-        Some((two as f64 - one as f64) / pp as f64)
-    }
-    let cells = [
-        marginal(pp, pingpong::<Reseau>),
-        marginal(pp, pingpong::<Tokio>),
-        marginal(pp, pingpong::<Calloop>),
-        marginal(pp, pingpong::<Mio>),
-        marginal(pp, pingpong_floor),
-    ];
-    rows.push(Row {
-        scenario: format!("heap allocations per round trip (`pingpong`, marginal over {pp})"),
-        unit: "allocs/round trip",
-        higher_is_better: false,
-        cells,
-        digits: 2,
-    });
 
     progress("done");
     println!();
@@ -1165,11 +1244,20 @@ fn main() {
         row.print();
     }
     println!();
-    println!(
-        "reseau `xthread` (median of {runs}): {refused:.0} schedules refused as full \
-         (capacity 4096, each retried), {wakeups:.2} eventfd writes per 100 tasks; \
-         the peers wake per push (mio, floor) or as tokio / calloop decide."
-    );
+    if let Some((refused, wakeups)) = reseau_note {
+        println!(
+            "reseau `xthread` (median of {runs}): {refused:.0} schedules refused as full \
+             (capacity 4096, each retried), {wakeups:.2} eventfd writes per 100 tasks; \
+             the peers wake per push (mio, floor) or as tokio / calloop decide."
+        );
+    }
+    let waits = TIMER_WAITS.lock().unwrap().clone();
+    let mut sizes: Vec<u64> = waits.iter().map(|w| w.0).collect();
+    sizes.dedup();
+    for size in sizes {
+        let per = median(waits.iter().filter(|w| w.0 == size).map(|w| w.1).collect());
+        println!("reseau `timers` {size}: {per:.0} epoll_waits in all.");
+    }
     println!(
         "RESEAU_BENCH_SCALE={scale}, RESEAU_BENCH_RUNS={runs}, {:.0} s in all.",
         started.elapsed().as_secs_f64()
