@@ -4,9 +4,15 @@
 //! cd bench && cargo run --release --example summary
 //! ```
 //!
-//! Each scenario runs `RESEAU_BENCH_RUNS` times (default 3) per loop, the loops interleaved,
+//! Each scenario runs `RESEAU_BENCH_RUNS` times (default 5) per loop, the loops interleaved,
 //! and the median is printed; `RESEAU_BENCH_SCALE` (default 1) multiplies every count
-//! (`0.1` for a quick look). Every run asserts that every task, timer or round trip ran.
+//! (`0.1` for a quick look); `RESEAU_BENCH_ONLY=pingpong,io` runs only those sections
+//! (`xthread`, `xthread4`, `pingpong`, `timers`, `io`, `allocations`). Every run asserts
+//! that every task, timer or round trip ran. About 2½ minutes on a quiet 2-core machine.
+//!
+//! `summary probe LOOP N` (LOOP: reseau, tokio, calloop, mio, floor) schedules N tiny tasks
+//! from one producer thread and exits: run it under callgrind at 100,000 and 200,000 for
+//! the user-space instructions per task, as `linux/examples/xthread_probe.rs` does.
 //!
 //! - `xthread`: 1 producer thread → 1 loop, 1,000,000 tiny tasks (each bumps a counter),
 //!   timed from the first schedule until the last has run, after a warm-up of 20,000. For
@@ -209,7 +215,7 @@ fn main() {
         return;
     }
     let scale = env_f64("RESEAU_BENCH_SCALE", 1.0);
-    let runs = env_f64("RESEAU_BENCH_RUNS", 3.0) as usize;
+    let runs = env_f64("RESEAU_BENCH_RUNS", 5.0) as usize;
     assert!(runs >= 1 && scale > 0.0);
     let n = |base: f64| ((base * scale) as u64).max(100);
     let started = Instant::now();
