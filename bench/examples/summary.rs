@@ -13,6 +13,8 @@
 //! `summary probe LOOP N` (LOOP: reseau, tokio, calloop, mio, floor) schedules N tiny tasks
 //! from one producer thread and exits: run it under callgrind at 100,000 and 200,000 for
 //! the user-space instructions per task, as `linux/examples/xthread_probe.rs` does.
+//! `summary io LOOP N one|two` (LOOP: reseau, tokio, mio, floor) runs one `io1` / `io`
+//! ping-pong of N round trips, for `strace -c -f` or perf.
 //!
 //! - `xthread`: 1 producer thread → 1 loop, 1,000,000 tiny tasks (each bumps a counter),
 //!   timed from the first schedule until the last has run, after a warm-up of 20,000. For
@@ -212,6 +214,20 @@ fn main() {
             Some("floor") => probe::<Floor>(n),
             other => panic!("probe {other:?}: reseau, tokio, calloop, mio or floor"),
         }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("io") {
+        // `summary io LOOP N one|two`: one io run, for strace or perf.
+        let n = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+        let one = args.get(4).map(String::as_str) == Some("one");
+        let took = match args.get(2).map(String::as_str) {
+            Some("reseau") => io_reseau(n, one),
+            Some("tokio") => io_tokio(n, one),
+            Some("mio") => io_mio(n, one),
+            Some("floor") => io_floor(n, one),
+            other => panic!("io {other:?}: reseau, tokio, mio or floor"),
+        };
+        println!("{n} round trips in {took:?}");
         return;
     }
     let scale = env_f64("RESEAU_BENCH_SCALE", 1.0);
