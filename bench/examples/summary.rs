@@ -48,9 +48,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reseau_bench::{
-    Calloop, Done, Floor, Loop, Mio, Reseau, Spawner, TIMER_WAITS, Tokio, WARM_UP, Xthread,
-    io_floor, io_mio, io_reseau, io_tokio, pingpong, pingpong_floor, timers_heap, timers_reseau,
-    timers_tokio, xthread,
+    Calloop, Done, Floor, Loop, Mio, Reseau, ReseauSpin, Spawner, TIMER_WAITS, Tokio, WARM_UP,
+    Xthread, io_floor, io_mio, io_reseau, io_tokio, pingpong, pingpong_floor, timers_heap,
+    timers_reseau, timers_tokio, xthread,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -318,6 +318,27 @@ fn main() {
         );
         rows.push(Row {
             scenario: format!("`pingpong` a task between 2 loops, {trips} round trips"),
+            unit: "k round trips/s",
+            higher_is_better: true,
+            cells,
+            digits: 1,
+        });
+        // The opt-in spin before parking (EventLoopOptions::spin_before_park, 50 µs: each
+        // loop burns up to 50 µs of a core every time it goes idle) against the same floor.
+        let cells = measure(
+            runs,
+            [
+                &mut || k(pingpong::<ReseauSpin>(trips), trips),
+                &mut || None,
+                &mut || None,
+                &mut || None,
+                &mut || k(pingpong_floor(trips), trips),
+            ],
+        );
+        rows.push(Row {
+            scenario: format!(
+                "`pingpong`, reseau with `spin_before_park` 50 µs (opt-in), {trips} round trips"
+            ),
             unit: "k round trips/s",
             higher_is_better: true,
             cells,

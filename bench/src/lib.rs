@@ -141,6 +141,28 @@ impl Loop for Reseau {
     }
 }
 
+/// reseau with `spin_before_park` (opt-in, off by default): 50 µs.
+pub struct ReseauSpin(EventLoop);
+
+impl Loop for ReseauSpin {
+    type S = ReseauS;
+    fn start() -> Self {
+        let el = EventLoop::new(EventLoopOptions {
+            spin_before_park: Some(std::time::Duration::from_micros(50)),
+            ..Default::default()
+        })
+        .unwrap();
+        el.run().unwrap();
+        ReseauSpin(el)
+    }
+    fn spawner(&self) -> ReseauS {
+        ReseauS(self.0.handle())
+    }
+    fn wakeups(&self) -> Option<u64> {
+        Some(self.0.handle().stats().wakeups_written)
+    }
+}
+
 pub struct Tokio {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
