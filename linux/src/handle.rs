@@ -147,6 +147,36 @@ impl LoopHandle {
     /// Like [`schedule_now`](Self::schedule_now), but always through the inbox, even from the
     /// loop thread: one global FIFO with every other thread's schedules.
     ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let order = Arc::new(Mutex::new(Vec::new()));
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let o = order.clone();
+    /// el.schedule_now(move |h, _| {
+    ///     // On the loop thread: "late" goes through the inbox behind "other", which another
+    ///     // thread queued first; a plain schedule_now would have gone straight in.
+    ///     let (o1, o2) = (o.clone(), o.clone());
+    ///     let h2 = h.clone();
+    ///     std::thread::spawn(move || {
+    ///         h2.schedule_now_serialized(move |_, _| o1.lock().unwrap().push("other")).unwrap();
+    ///     })
+    ///     .join()
+    ///     .unwrap();
+    ///     h.schedule_now_serialized(move |_, _| {
+    ///         o2.lock().unwrap().push("late");
+    ///         tx.send(()).unwrap();
+    ///     })
+    ///     .unwrap();
+    /// })?;
+    /// rx.recv().unwrap();
+    /// assert_eq!(*order.lock().unwrap(), ["other", "late"]);
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`schedule_now`](Self::schedule_now).
     pub fn schedule_now_serialized<F>(&self, f: F) -> Result<TaskHandle, ScheduleError>

@@ -364,6 +364,19 @@ impl LoopHandle {
     /// Schedules `f` to run on the loop thread at `deadline`; never earlier. As
     /// [`schedule_at`](Self::schedule_at), with an [`Instant`].
     ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions};
+    /// use std::time::Duration;
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let at = el.now_instant() + Duration::from_millis(2);
+    /// el.schedule_at_instant(at, move |h, _| tx.send(h.now_instant()).unwrap())?;
+    /// assert!(rx.recv().unwrap() >= at, "never early");
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`schedule_now`](Self::schedule_now).
     pub fn schedule_at_instant<F>(
@@ -419,6 +432,28 @@ impl LoopHandle {
     /// [`TickStatus::Refused`] when the next tick could not be scheduled. Returning
     /// [`IntervalControl::Stop`] from a due tick ends the interval without a last call;
     /// so does a panic in `f` (the loop reports the panic and goes on).
+    ///
+    /// ```
+    /// use reseau_linux::{EventLoop, EventLoopOptions, IntervalControl, MissedTickBehavior};
+    /// use std::time::Duration;
+    ///
+    /// let el = EventLoop::new(EventLoopOptions::default())?;
+    /// el.run()?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// // A heartbeat that never bursts after a stall: the next tick is a period after it ran.
+    /// let heartbeat = el.schedule_every_with(
+    ///     Duration::from_millis(1),
+    ///     MissedTickBehavior::Delay,
+    ///     move |h, tick| {
+    ///         assert!(h.now_instant() >= tick.deadline, "never early");
+    ///         let _ = tx.send(tick.status);
+    ///         IntervalControl::Continue
+    ///     },
+    /// )?;
+    /// rx.recv().unwrap();
+    /// heartbeat.cancel();
+    /// # Ok::<(), reseau_linux::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`schedule_now`](Self::schedule_now), for the first tick; `f` is dropped uncalled
