@@ -16,7 +16,7 @@
 //! thread — pushes the index into the *inbox* ring, whose push linearizes the schedule
 //! (serialized FIFO) and tells the producer whether the loop must be woken (see
 //! [Wake protocol](#wake-protocol)). The driver's tick drains the inbox into the scheduler
-//! (an intrusive ready list and a binary heap keyed by `(deadline, submission)`, both
+//! (an intrusive ready list and a 4-ary heap keyed by `(deadline, submission)`, both
 //! inside the slots), runs the due batch, and pushes each finished slot back into the
 //! free ring with its generation bumped. On the loop thread, `schedule` inserts into the
 //! scheduler directly.
@@ -306,9 +306,12 @@ struct SlotLocal {
     prev: u32,
     /// Ready list: next slot.
     next: u32,
-    /// The timer heap's entry at position == this slot's index.
+    /// The timer heap's entry at position == this slot's index: the slot it names...
     heap: u32,
     loc: u8,
+    /// ... and that slot's key, `(deadline, seq)`, kept here so a sift compares entries
+    /// without visiting the slots they name (one cache line per heap position, not three).
+    heap_key: (u64, u64),
 }
 
 /// One task slot; see the [module docs](self). Make arrays of them with
@@ -351,6 +354,7 @@ impl<T> Slot<T> {
                 next: 0,
                 heap: 0,
                 loc: AWAY,
+                heap_key: (0, 0),
             }),
         }
     }
@@ -374,6 +378,7 @@ impl<T> Slot<T> {
                 next: 0,
                 heap: 0,
                 loc: AWAY,
+                heap_key: (0, 0),
             }),
         }
     }
@@ -1340,13 +1345,17 @@ where
         if l.ready_len > 0 {
             return Some(0);
         }
-        (l.heap_len > 0).then(|| self.owned(d, self.sl(d, 0).heap).deadline)
+        (l.heap_len > 0).then(|| self.sl(d, 0).heap_key.0)
     }
 
     fn begin(&self, d: Drv, now: u64) -> Batch {
         while self.el(d).heap_len > 0 {
-            let top = self.sl(d, 0).heap;
-            if self.owned(d, top).deadline > now {
+            let SlotLocal {
+                heap: top,
+                heap_key,
+                ..
+            } = self.sl(d, 0);
+            if heap_key.0 > now {
                 break;
             }
             self.heap_remove(d, 0);
@@ -1415,16 +1424,21 @@ where
         self.set_loc(d, i, AWAY);
     }
 
-    fn key(&self, d: Drv, i: u32) -> (u64, u64) {
-        (self.owned(d, i).deadline, self.sl(d, i).seq)
+    // The timer heap: 4-ary, its entry at position `p` kept in slot `p`'s local part (the
+    // named slot and its key). Four children sit in four adjacent slots, loaded in
+    // parallel, and a pop descends half the levels of a binary heap: with a million timers
+    // the heap is far bigger than the cache, and the descent is what a pop pays for.
+
+    fn heap_entry(&self, d: Drv, pos: u32) -> (u32, (u64, u64)) {
+        let s = self.sl(d, pos);
+        (s.heap, s.heap_key)
     }
 
-    fn heap_at(&self, d: Drv, pos: u32) -> u32 {
-        self.sl(d, pos).heap
-    }
-
-    fn heap_set(&self, d: Drv, pos: u32, i: u32) {
-        self.sl_update(d, pos, |s| s.heap = i);
+    fn heap_set(&self, d: Drv, pos: u32, (i, key): (u32, (u64, u64))) {
+        self.sl_update(d, pos, |s| {
+            s.heap = i;
+            s.heap_key = key;
+        });
         self.sl_update(d, i, |s| {
             s.loc = TIMED;
             s.prev = pos;
@@ -1434,65 +1448,66 @@ where
     fn heap_push(&self, d: Drv, i: u32) {
         let pos = self.el(d).heap_len;
         self.el_update(d, |l| l.heap_len += 1);
-        self.heap_set(d, pos, i);
-        self.sift_up(d, pos);
+        let key = (self.owned(d, i).deadline, self.sl(d, i).seq);
+        self.sift_up(d, pos, (i, key));
     }
 
     fn heap_remove(&self, d: Drv, pos: u32) {
-        let removed = self.heap_at(d, pos);
+        let removed = self.sl(d, pos).heap;
         let last = self.el(d).heap_len - 1;
-        if pos != last {
-            let moved = self.heap_at(d, last);
-            self.heap_set(d, pos, moved);
-        }
         self.el_update(d, |l| l.heap_len -= 1);
         if pos < last {
-            self.sift_up(d, pos);
-            self.sift_down(d, pos);
+            let moved = self.heap_entry(d, last);
+            let parent_key = (pos > 0).then(|| self.sl(d, (pos - 1) / 4).heap_key);
+            if parent_key.is_some_and(|k| moved.1 < k) {
+                self.sift_up(d, pos, moved);
+            } else {
+                self.sift_down(d, pos, moved);
+            }
         }
         self.set_loc(d, removed, AWAY);
     }
 
-    fn sift_up(&self, d: Drv, mut pos: u32) {
-        let i = self.heap_at(d, pos);
-        let key = self.key(d, i);
+    /// Places `entry` at `pos` or above, moving greater ancestors down.
+    fn sift_up(&self, d: Drv, mut pos: u32, entry: (u32, (u64, u64))) {
         while pos > 0 {
-            let parent = (pos - 1) / 2;
-            let p = self.heap_at(d, parent);
-            if self.key(d, p) <= key {
+            let parent = (pos - 1) / 4;
+            let p = self.heap_entry(d, parent);
+            if p.1 <= entry.1 {
                 break;
             }
             self.heap_set(d, pos, p);
             pos = parent;
         }
-        self.heap_set(d, pos, i);
+        self.heap_set(d, pos, entry);
     }
 
-    fn sift_down(&self, d: Drv, mut pos: u32) {
-        let i = self.heap_at(d, pos);
-        let key = self.key(d, i);
-        let len = self.el(d).heap_len;
+    /// Places `entry` at `pos` or below, moving lesser children up.
+    fn sift_down(&self, d: Drv, mut pos: u32, entry: (u32, (u64, u64))) {
+        let len = u64::from(self.el(d).heap_len);
         loop {
-            let left = 2 * pos + 1;
-            if left >= len {
+            // u64: `4 * pos + 4` may pass u32::MAX for the largest capacities.
+            let first = 4 * u64::from(pos) + 1;
+            if first >= len {
                 break;
             }
-            let right = left + 1;
-            let child = if right < len
-                && self.key(d, self.heap_at(d, right)) < self.key(d, self.heap_at(d, left))
-            {
-                right
-            } else {
-                left
-            };
-            let c = self.heap_at(d, child);
-            if key <= self.key(d, c) {
+            let end = (first + 4).min(len);
+            let mut best = self.heap_entry(d, first as u32);
+            let mut best_pos = first as u32;
+            for c in first + 1..end {
+                let e = self.heap_entry(d, c as u32);
+                if e.1 < best.1 {
+                    best = e;
+                    best_pos = c as u32;
+                }
+            }
+            if entry.1 <= best.1 {
                 break;
             }
-            self.heap_set(d, pos, c);
-            pos = child;
+            self.heap_set(d, pos, best);
+            pos = best_pos;
         }
-        self.heap_set(d, pos, i);
+        self.heap_set(d, pos, entry);
     }
 }
 

@@ -28,8 +28,8 @@
 //!
 //! | payload `T` | bytes per slot | 4,096 slots | 1,048,576 slots |
 //! | --- | --- | --- | --- |
-//! | `fn(&Cx, TaskStatus)` (8 bytes) | 88 | 352 KiB | 88 MiB |
-//! | [`SmallTask`] (64 bytes: 56 inline + a vtable) | 144 | 576 KiB | 144 MiB |
+//! | `fn(&Cx, TaskStatus)` (8 bytes) | 104 | 416 KiB | 104 MiB |
+//! | [`SmallTask`] (64 bytes: 56 inline + a vtable) | 160 | 640 KiB | 160 MiB |
 //!
 //! A slot array is valid when zeroed, so a large one can come from zeroed pages (the Linux
 //! shim allocates with `alloc_zeroed`): a slot's memory is touched only when it is first

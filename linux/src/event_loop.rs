@@ -42,7 +42,7 @@ pub struct EventLoopOptions {
     pub thread_name: String,
     /// How many tasks may be pending at once, scheduled or queued cross-thread: any value
     /// from 1 to [`MAX_CAPACITY`] (default 4096). The slots are one zeroed allocation made
-    /// by [`EventLoop::new`], about 144 bytes each (see the crate docs); a slot's pages are
+    /// by [`EventLoop::new`], about 160 bytes each (see the crate docs); a slot's pages are
     /// touched only when it is first used. Nothing grows afterwards.
     pub capacity: usize,
     /// Where the loop reads the time (default `CLOCK_MONOTONIC`).

@@ -21,7 +21,7 @@
 //!   serialized; cancel. The loop is reseau-core's [`Engine`](reseau_core::Engine): tasks
 //!   live inline in a slot array allocated once (capacity chosen at run time, up to
 //!   [`MAX_CAPACITY`]), so scheduling a closure of up to [`INLINE_BYTES`] bytes allocates
-//!   nothing. Memory: 144 bytes per pending task, plus the epoll event buffer (12 bytes per
+//!   nothing. Memory: 160 bytes per pending task, plus the epoll event buffer (12 bytes per
 //!   event, 16 growing to `max_events`).
 //! - IO: [`LoopHandle::subscribe`] registers an owned, non-blocking source for
 //!   edge-triggered readiness ([`Interest`], [`Readiness`], [`IoControl`]).

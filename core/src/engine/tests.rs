@@ -545,14 +545,33 @@ impl Reference {
 
 #[test]
 fn random_churn_agrees_with_a_reference_model() {
-    let cap = 7;
+    churn(7, 4);
+}
+
+/// A deep timer heap (up to 200 pending, four levels of the 4-ary heap) churned by
+/// cancels at every position: removals from the middle sift both ways.
+#[test]
+fn random_churn_of_a_deep_timer_heap_agrees_with_the_reference_model() {
+    churn(200, 1);
+}
+
+/// Random schedules, cancels (also stale ones) and turns on an engine of `cap` slots,
+/// checked against [`Reference`]; `turns` in 10 steps are turns (fewer: more pending).
+fn churn(cap: usize, turns: u64) {
     let (e, log) = (eng(slots(cap)), Log::default());
     let mut model = Reference::default();
     let (mut seed, mut id) = (0x9E37_79B9_7F4A_7C15_u64, 0);
     for _ in 0..if cfg!(miri) { 300 } else { 30_000 } {
         assert_eq!(e.pending(), model.pending.len());
         let now = e.platform().now();
-        match next(&mut seed) % 10 {
+        let roll = next(&mut seed) % 10;
+        // 0..=3 schedule, 4..=5 cancel, the rest a turn (or a schedule, past `turns`).
+        let roll = if roll >= 6 && roll - 6 >= turns {
+            roll % 4
+        } else {
+            roll
+        };
+        match roll {
             0..=3 => {
                 let timed = !next(&mut seed).is_multiple_of(3);
                 let deadline = timed.then(|| now + next(&mut seed) % 40);
