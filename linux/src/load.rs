@@ -46,12 +46,14 @@ impl Load {
         self.busy_since.store(0, Ordering::Relaxed);
         let busy = end.saturating_sub(start);
         let sec = end / SEC;
+        // The driver is the only writer: loads and stores, no read-modify-write.
+        let mut window = self.window_busy.load(Ordering::Relaxed);
         if sec != self.window_sec.load(Ordering::Relaxed) {
-            let sum = self.window_busy.swap(0, Ordering::Relaxed);
-            self.published.store(sum, Ordering::Relaxed);
+            self.published.store(window, Ordering::Relaxed);
             self.window_sec.store(sec, Ordering::Relaxed);
+            window = 0;
         }
-        self.window_busy.fetch_add(busy, Ordering::Relaxed);
+        self.window_busy.store(window + busy, Ordering::Relaxed);
         self.last_tick_end.store(end, Ordering::Relaxed);
     }
 

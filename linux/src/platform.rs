@@ -95,6 +95,12 @@ pub(crate) struct LinuxPlatform {
     /// The spin-before-park handshake with producers: `IDLE`, `SPINNING` (the driver is
     /// spinning instead of blocking), `WOKEN` (a producer's wake landed during the spin).
     spinning: CachePadded<AtomicU8>,
+    /// The monotonic time read when the last wait returned, kept for the engine's next
+    /// [`Platform::now`] (its batch bound, read right after `poll`) so a tick reads the
+    /// clock once there, not twice; 0 when taken or not on the monotonic clock. The
+    /// driver's alone. It is at most the true time, so a batch never runs early; a timer
+    /// that came due during the IO callbacks runs in the next tick, which does not wait.
+    after_wait: std::sync::atomic::AtomicU64,
 }
 
 const IDLE: u8 = 0;
@@ -137,6 +143,7 @@ impl LinuxPlatform {
                 .spin_before_park
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             spinning: CachePadded(AtomicU8::new(IDLE)),
+            after_wait: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -352,6 +359,14 @@ impl Platform for LinuxPlatform {
     type Error = Error;
 
     fn now(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Only the driver calls `Platform::now` (handles read `clock` themselves), and
+        // only the driver stores `after_wait`: a load and a store, no read-modify-write.
+        let t = self.after_wait.load(Relaxed);
+        if t != 0 {
+            self.after_wait.store(0, Relaxed);
+            return t;
+        }
         self.clock.now()
     }
 
@@ -383,7 +398,12 @@ impl Platform for LinuxPlatform {
         events.clear();
         Counters::bump_driver(&self.counters.epoll_waits, 1);
         let result = self.spin_then_wait(&mut events, timeout);
-        self.load.tick_start(mono_now());
+        let woke = mono_now();
+        self.load.tick_start(woke);
+        if matches!(self.clock, Clock::Monotonic) {
+            self.after_wait
+                .store(woke, std::sync::atomic::Ordering::Relaxed);
+        }
         let outcome = match result {
             Ok(_) => {
                 Counters::bump_driver(&self.counters.events_dispatched, events.len() as u64);

@@ -708,3 +708,35 @@ fn mode_bits_alone_are_an_empty_interest() {
         "READABLE | LEVEL | ONESHOT"
     );
 }
+
+/// The engine's batch bound reuses the clock read taken when the wait returned (one read
+/// per tick, not two): a timer that comes due while the IO callbacks of the same tick run
+/// must still run never early, and without waiting for another event.
+#[test]
+fn a_timer_due_during_io_callbacks_runs_never_early_and_without_another_event() {
+    let mut el = running();
+    let h = el.handle();
+    let (r, w) = pipe();
+    let (tx, rx) = channel();
+    h.subscribe(r, Interest::READABLE, move |h, fd, _| {
+        drain(fd.as_fd());
+        let deadline = h.now() + 1_000_000;
+        let tx = tx.clone();
+        h.schedule_at(deadline, move |h, _| tx.send((deadline, h.now())).unwrap())
+            .unwrap();
+        // The scenario itself, not a wait for another thread: this callback runs across
+        // the timer's deadline, so the timer comes due inside this tick's dispatch.
+        while h.now() <= deadline + 1_000_000 {
+            std::hint::spin_loop();
+        }
+        IoControl::Keep
+    })
+    .unwrap();
+    write_byte(&w);
+    let (deadline, ran_at) = recv(&rx);
+    assert!(
+        ran_at >= deadline,
+        "never early: ran {ran_at}, due {deadline}"
+    );
+    el.destroy().unwrap();
+}
