@@ -1111,22 +1111,30 @@ where
             return idle;
         }
         self.notified.swap(0, Ordering::AcqRel);
-        !self
-            .inbox
+        !self.published()
+    }
+
+    /// Whether a schedule or a cross-thread cancel is published for the driver to take.
+    fn published(&self) -> bool {
+        self.inbox
             .head_ready(self.one_lap, |k| &self.slot(k as u32).inbox_cell)
-            && self.cancels.load(Ordering::Acquire) == NIL
+            || self.cancels.load(Ordering::Acquire) != NIL
     }
 
     /// One tick. `eager` (a loop that keeps ticking, not a single `turn`): after a tick
-    /// that found work, look again without blocking (and without clearing `notified`, so
-    /// producers meanwhile need not wake us): a steady producer keeps the driver awake,
-    /// and a burst costs a handful of wakes, not one per catch-up. Only a tick that found
-    /// nothing leads to a blocking wait, always after `prepare_park`.
+    /// that found work, while more is already published, look again without blocking
+    /// (and without clearing `notified`, so producers meanwhile need not wake us): a
+    /// steady producer keeps the driver awake, and a burst costs a handful of wakes, not
+    /// one per catch-up. When nothing is published the driver parks at once — an extra
+    /// non-blocking `epoll_wait` there found nothing in a ping-pong between two loops and
+    /// cost a syscall per hop. A blocking wait always follows `prepare_park`.
     fn tick(&self, d: Drv, cx: &P::Cx, max_wait: Option<u64>, eager: bool) -> Result<(), P::Error> {
         let mut timeout = self
             .next_deadline(d)
             .map(|deadline| deadline.saturating_sub(self.platform.now()));
-        if timeout != Some(0) && ((eager && self.el(d).busy) || !self.prepare_park()) {
+        if timeout != Some(0)
+            && ((eager && self.el(d).busy && self.published()) || !self.prepare_park())
+        {
             timeout = Some(0);
         }
         if let Some(max) = max_wait {

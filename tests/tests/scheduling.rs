@@ -481,6 +481,28 @@ fn c15_pushes_while_the_loop_is_busy_write_at_most_one_wakeup() {
     el.destroy().unwrap();
 }
 
+/// A loop woken for one task runs it and parks again with one wait: it looks for more
+/// without blocking only when more is already published (a blocking wait follows every
+/// park). A task handed back and forth (ping-pong) costs one `epoll_wait` per hop, where a
+/// second, non-blocking one after every busy tick cost a syscall per hop.
+#[test]
+fn c15_a_loop_woken_for_one_task_parks_again_with_one_wait() {
+    const HOPS: u64 = 200;
+    let mut el = running();
+    let h = el.handle();
+    on_loop(&h, |_| ());
+    let before = h.stats().epoll_waits;
+    for _ in 0..HOPS {
+        on_loop(&h, |_| ());
+    }
+    let waits = h.stats().epoll_waits - before;
+    assert!(
+        waits <= HOPS + HOPS / 4,
+        "{waits} epoll_waits for {HOPS} tasks sent one at a time"
+    );
+    el.destroy().unwrap();
+}
+
 #[test]
 fn c16_a_panicking_task_is_caught_counted_and_the_loop_goes_on() {
     let mut el = running();
