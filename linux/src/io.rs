@@ -457,35 +457,41 @@ impl Slab {
         self.len
     }
 
-    pub(crate) fn insert(&mut self, entry: Box<dyn Source>) -> Subscription {
-        self.len += 1;
-        if self.free != NIL {
-            let index = self.free;
-            let slot = &mut self.slots[index as usize];
-            let SlotState::Free { next } = slot.state else {
-                unreachable!("free list holds a live slot")
-            };
-            self.free = next;
-            slot.state = SlotState::Active(entry);
-            slot.pending = None;
-            return Subscription {
-                loop_id: self.loop_id,
-                index,
-                generation: slot.generation,
-            };
-        }
-        let index = self.slots.len() as u32;
-        assert!(index < NIL, "more than u32::MAX - 1 subscriptions");
-        self.slots.push(Slot {
-            generation: 0,
-            state: SlotState::Active(entry),
-            pending: None,
-        });
+    /// The subscription the next [`insert`](Self::insert) returns.
+    pub(crate) fn next_subscription(&self) -> Subscription {
+        let (index, generation) = if self.free != NIL {
+            (self.free, self.slots[self.free as usize].generation)
+        } else {
+            let index = self.slots.len() as u32;
+            assert!(index < NIL, "more than u32::MAX - 1 subscriptions");
+            (index, 0)
+        };
         Subscription {
             loop_id: self.loop_id,
             index,
-            generation: 0,
+            generation,
         }
+    }
+
+    /// Stores `entry` under [`next_subscription`](Self::next_subscription).
+    pub(crate) fn insert(&mut self, entry: Box<dyn Source>) -> Subscription {
+        let sub = self.next_subscription();
+        self.len += 1;
+        let slot = Slot {
+            generation: sub.generation,
+            state: SlotState::Active(entry),
+            pending: None,
+        };
+        if self.free != NIL {
+            let SlotState::Free { next } = self.slots[sub.index as usize].state else {
+                unreachable!("free list holds a live slot")
+            };
+            self.free = next;
+            self.slots[sub.index as usize] = slot;
+        } else {
+            self.slots.push(slot);
+        }
+        sub
     }
 
     fn slot(&self, sub: Subscription) -> Option<&Slot> {
