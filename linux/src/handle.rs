@@ -364,29 +364,25 @@ impl LoopHandle {
                 }
             }
         };
-        // Insert first, then register, under the lock: the loop cannot see an event for
-        // this token before the entry exists.
+        // Register, then insert, under the lock: the loop cannot dispatch an event for this
+        // token before the entry is there (dispatch takes the lock), and a refused
+        // registration hands the source back untouched, never boxed.
         let platform = shared.platform();
         let mut subs = lock(&platform.subs);
-        let sub = subs.insert(Box::new(Entry { source, callback }));
-        let Found::Active(entry) = subs.find(sub) else {
-            unreachable!("just inserted")
-        };
+        let sub = subs.next_subscription();
         let added = platform.sys.epoll_add(
             platform.epoll.as_fd(),
-            entry.fd(),
+            source.as_fd(),
             sub.token(),
             interest.epoll_flags(),
         );
         match added {
-            Ok(()) => Ok(sub),
+            Ok(()) => {
+                subs.insert(Box::new(Entry { source, callback }));
+                Ok(sub)
+            }
             Err(errno) => {
-                let entry = subs.remove(sub).expect("just inserted");
                 drop(subs);
-                let source = *entry
-                    .into_source()
-                    .downcast::<S>()
-                    .unwrap_or_else(|_| unreachable!("the entry holds an S"));
                 let kind = if errno == Errno::EXIST {
                     SubscribeErrorKind::AlreadySubscribed
                 } else {

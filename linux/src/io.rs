@@ -155,19 +155,20 @@ impl Readiness {
     }
 
     pub(crate) fn from_epoll(flags: EventFlags) -> Self {
-        let mut r = 0;
-        for (flag, bit) in [
-            (EventFlags::IN, Self::READABLE),
-            (EventFlags::OUT, Self::WRITABLE),
-            (EventFlags::RDHUP, Self::REMOTE_HANG_UP),
-            (EventFlags::HUP, Self::CLOSED),
-            (EventFlags::ERR, Self::ERROR),
-        ] {
-            if flags.contains(flag) {
-                r |= bit.0;
-            }
-        }
-        Self(r)
+        // Each epoll bit shifted onto its readiness bit (no table to walk).
+        let f = flags.bits();
+        let bit = |flag: EventFlags, to: Self| {
+            let from = flag.bits().trailing_zeros();
+            let to_bit = u32::from(to.0).trailing_zeros();
+            ((f >> from) & 1) << to_bit
+        };
+        Self(
+            (bit(EventFlags::IN, Self::READABLE)
+                | bit(EventFlags::OUT, Self::WRITABLE)
+                | bit(EventFlags::RDHUP, Self::REMOTE_HANG_UP)
+                | bit(EventFlags::HUP, Self::CLOSED)
+                | bit(EventFlags::ERR, Self::ERROR)) as u8,
+        )
     }
 }
 
@@ -457,35 +458,41 @@ impl Slab {
         self.len
     }
 
-    pub(crate) fn insert(&mut self, entry: Box<dyn Source>) -> Subscription {
-        self.len += 1;
-        if self.free != NIL {
-            let index = self.free;
-            let slot = &mut self.slots[index as usize];
-            let SlotState::Free { next } = slot.state else {
-                unreachable!("free list holds a live slot")
-            };
-            self.free = next;
-            slot.state = SlotState::Active(entry);
-            slot.pending = None;
-            return Subscription {
-                loop_id: self.loop_id,
-                index,
-                generation: slot.generation,
-            };
-        }
-        let index = self.slots.len() as u32;
-        assert!(index < NIL, "more than u32::MAX - 1 subscriptions");
-        self.slots.push(Slot {
-            generation: 0,
-            state: SlotState::Active(entry),
-            pending: None,
-        });
+    /// The subscription the next [`insert`](Self::insert) returns.
+    pub(crate) fn next_subscription(&self) -> Subscription {
+        let (index, generation) = if self.free != NIL {
+            (self.free, self.slots[self.free as usize].generation)
+        } else {
+            let index = self.slots.len() as u32;
+            assert!(index < NIL, "more than u32::MAX - 1 subscriptions");
+            (index, 0)
+        };
         Subscription {
             loop_id: self.loop_id,
             index,
-            generation: 0,
+            generation,
         }
+    }
+
+    /// Stores `entry` under [`next_subscription`](Self::next_subscription).
+    pub(crate) fn insert(&mut self, entry: Box<dyn Source>) -> Subscription {
+        let sub = self.next_subscription();
+        self.len += 1;
+        let slot = Slot {
+            generation: sub.generation,
+            state: SlotState::Active(entry),
+            pending: None,
+        };
+        if self.free != NIL {
+            let SlotState::Free { next } = self.slots[sub.index as usize].state else {
+                unreachable!("free list holds a live slot")
+            };
+            self.free = next;
+            self.slots[sub.index as usize] = slot;
+        } else {
+            self.slots.push(slot);
+        }
+        sub
     }
 
     fn slot(&self, sub: Subscription) -> Option<&Slot> {
@@ -510,20 +517,27 @@ impl Slab {
         if sub.loop_id != self.loop_id {
             return None;
         }
-        let slot = self
-            .slots
-            .get_mut(sub.index as usize)
+        self.slots
+            .get(sub.index as usize)
             .filter(|s| s.generation == sub.generation)?;
-        if !matches!(slot.state, SlotState::Active(_)) {
-            return None;
-        }
-        let state = std::mem::replace(&mut slot.state, SlotState::Free { next: self.free });
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free = sub.index;
-        self.len -= 1;
-        match state {
-            SlotState::Active(e) => Some(e),
-            _ => unreachable!(),
+        self.take_active(sub.index)
+    }
+
+    /// Frees slot `index` and returns its entry if it holds a live, idle one; leaves it
+    /// untouched otherwise.
+    fn take_active(&mut self, index: u32) -> Option<Box<dyn Source>> {
+        let slot = self.slots.get_mut(index as usize)?;
+        match std::mem::replace(&mut slot.state, SlotState::Free { next: self.free }) {
+            SlotState::Active(e) => {
+                slot.generation = slot.generation.wrapping_add(1);
+                self.free = index;
+                self.len -= 1;
+                Some(e)
+            }
+            other => {
+                slot.state = other;
+                None
+            }
         }
     }
 
@@ -533,12 +547,12 @@ impl Slab {
             .slots
             .get_mut(sub.index as usize)
             .filter(|s| s.generation == sub.generation)?;
-        if !matches!(slot.state, SlotState::Active(_)) {
-            return None;
-        }
         match std::mem::replace(&mut slot.state, SlotState::InCallback) {
             SlotState::Active(e) => Some(e),
-            _ => unreachable!(),
+            other => {
+                slot.state = other;
+                None
+            }
         }
     }
 
@@ -586,17 +600,10 @@ impl Slab {
 
     /// Removes every live subscription.
     pub(crate) fn drain(&mut self) -> Vec<Box<dyn Source>> {
-        let subs: Vec<Subscription> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s.state, SlotState::Active(_)))
-            .map(|(i, s)| Subscription {
-                loop_id: self.loop_id,
-                index: i as u32,
-                generation: s.generation,
-            })
-            .collect();
-        subs.into_iter().filter_map(|s| self.remove(s)).collect()
+        let mut entries = Vec::with_capacity(self.len);
+        for index in 0..self.slots.len() as u32 {
+            entries.extend(self.take_active(index));
+        }
+        entries
     }
 }

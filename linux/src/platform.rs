@@ -6,8 +6,8 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use reseau_core::{Platform, TaskStatus};
@@ -84,8 +84,9 @@ pub(crate) struct LinuxPlatform {
     /// The error that stopped the loop on its own (an `epoll_wait` failure, a panic outside
     /// the tasks), kept for `wait_for_stop_completion`. Stored before the exit is published.
     pub(crate) loop_error: Mutex<Option<Error>>,
-    exit: Mutex<()>,
-    exit_cv: Condvar,
+    /// Bumped by [`notify`](Platform::notify); [`block_until`](Platform::block_until)
+    /// sleeps on it with a futex.
+    exit_epoch: AtomicU32,
     /// The loop's spawned futures and their overflow list (see [`crate::futures`]).
     pub(crate) futures: LoopFutures,
     /// What [`guard`](Self::guard) does after a caught panic.
@@ -135,8 +136,7 @@ impl LinuxPlatform {
             counters: Counters::default(),
             load: Load::default(),
             loop_error: Mutex::new(None),
-            exit: Mutex::new(()),
-            exit_cv: Condvar::new(),
+            exit_epoch: AtomicU32::new(0),
             futures: LoopFutures::default(),
             on_panic: options.on_panic,
             spin_ns: options
@@ -477,35 +477,46 @@ impl Platform for LinuxPlatform {
     }
 
     fn block_until(&self, done: &dyn Fn() -> bool, timeout: Option<u64>) -> bool {
-        // Timed on CLOCK_MONOTONIC in ns, the clock the loop already reads (std's `Instant`
-        // is the same clock; its arithmetic is more code in a small binary). A deadline past
-        // u64 nanoseconds (~584 years) is no limit at all.
+        use rustix::thread::futex;
+        // A futex on the exit epoch, with the deadline absolute on CLOCK_MONOTONIC (the
+        // clock the loop already reads; `FUTEX_WAIT_BITSET` takes an absolute time on it,
+        // so a wake-up early or spurious needs no recomputation). Smaller in a static binary
+        // than a mutex and a condition variable with std's timeout arithmetic. A deadline
+        // past u64 nanoseconds (~584 years) is no limit at all.
         let deadline = timeout.and_then(|ns| mono_now().checked_add(ns));
-        let mut guard = lock(&self.exit);
+        let at = deadline.map(|d| futex::Timespec {
+            tv_sec: (d / 1_000_000_000) as i64,
+            tv_nsec: (d % 1_000_000_000) as i64,
+        });
         loop {
+            // Read before `done`: a `notify` after this read changes the value, so the
+            // kernel refuses to sleep on the stale one (EAGAIN) and `done` is checked again.
+            let seen = self.exit_epoch.load(Ordering::SeqCst);
             if done() {
                 return true;
             }
-            match deadline {
-                None => guard = self.exit_cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = mono_now();
-                    if now >= d {
-                        return done();
-                    }
-                    guard = self
-                        .exit_cv
-                        .wait_timeout(guard, Duration::from_nanos(d - now))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+            if deadline.is_some_and(|d| mono_now() >= d) {
+                return done();
             }
+            // EAGAIN, EINTR and ETIMEDOUT all mean "look again".
+            let _ = futex::wait_bitset(
+                &self.exit_epoch,
+                futex::Flags::PRIVATE,
+                seen,
+                at.as_ref(),
+                std::num::NonZeroU32::MAX,
+            );
         }
     }
 
     fn notify(&self) {
-        let _guard = lock(&self.exit);
-        self.exit_cv.notify_all();
+        // After the caller published what `done` reads: see `block_until`.
+        self.exit_epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = rustix::thread::futex::wake(
+            &self.exit_epoch,
+            rustix::thread::futex::Flags::PRIVATE,
+            i32::MAX as u32,
+        );
     }
 
     fn pause(&self) {

@@ -61,8 +61,9 @@ pub(crate) fn destroyed_error(op: Operation) -> LifecycleError {
 
 /// A new loop identity, never 0 and never reused in this process.
 pub(crate) fn next_loop_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    // Counts from 0 (a zero-initialised static costs no file space), handing out from 1.
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    LAST.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// `capacity` empty slots in one zeroed allocation: the pages are the kernel's zero pages

@@ -6,7 +6,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-static NEXT: AtomicU64 = AtomicU64::new(1);
+/// The last identity handed out (0: none yet; zero-initialised, so it takes no file space).
+static LAST: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static ID: Cell<u64> = const { Cell::new(0) };
@@ -18,7 +19,7 @@ thread_local! {
 pub(crate) fn current() -> u64 {
     ID.with(|id| {
         if id.get() == 0 {
-            id.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            id.set(LAST.fetch_add(1, Ordering::Relaxed) + 1);
         }
         id.get()
     })

@@ -218,23 +218,16 @@ pub trait Syscalls: Send + Sync + 'static {
     }
 
     /// `epoll_wait` into `events`' spare capacity (appending), for at most `timeout_ms`
-    /// milliseconds (`None`: no limit). `timeout_ms` is below `i32::MAX`, so rustix always
-    /// issues `epoll_pwait`, never `epoll_pwait2`. Returns how many events were appended.
+    /// milliseconds (`None`: no limit), with no signal mask: `epoll_pwait`, issued as a
+    /// raw syscall (the body it shares with [`epoll_pwait2`](Self::epoll_pwait2)).
+    /// `timeout_ms` is below `i32::MAX`. Returns how many events were appended.
     fn epoll_wait(
         &self,
         epoll_fd: BorrowedFd<'_>,
         events: &mut Vec<epoll::Event>,
         timeout_ms: Option<u32>,
     ) -> rustix::io::Result<usize> {
-        let timeout = timeout_ms.map(|ms| rustix::time::Timespec {
-            tv_sec: i64::from(ms / 1000),
-            tv_nsec: i64::from(ms % 1000) * 1_000_000,
-        });
-        epoll::wait(
-            epoll_fd,
-            rustix::buffer::spare_capacity(events),
-            timeout.as_ref(),
-        )
+        timer::epoll_pwait(epoll_fd, events, timeout_ms)
     }
 
     /// `epoll_ctl(EPOLL_CTL_MOD)`: changes a registration's event mask (and data).

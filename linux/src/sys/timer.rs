@@ -45,19 +45,51 @@ pub(super) fn epoll_pwait2(
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const KernelTimespec);
+    // `ts_ptr` stays valid for the call: `ts` lives until the end of this function.
+    raw_epoll_wait(libc::SYS_epoll_pwait2, epoll_fd, events, ts_ptr as usize)
+}
+
+/// `epoll_pwait(fd, events, max, timeout_ms, NULL)` with no signal mask, issued as a raw
+/// syscall, into `events`' spare capacity (appending): `timeout_ms` `None` waits without a
+/// limit. Returns how many events were appended.
+pub(super) fn epoll_pwait(
+    epoll_fd: BorrowedFd<'_>,
+    events: &mut Vec<epoll::Event>,
+    timeout_ms: Option<u32>,
+) -> rustix::io::Result<usize> {
+    // The kernel reads an `int`: -1 is no limit; the callers keep `timeout_ms` below i32::MAX.
+    let ms = timeout_ms.map_or(-1, |ms| i32::try_from(ms).unwrap_or(i32::MAX));
+    raw_epoll_wait(
+        libc::SYS_epoll_pwait,
+        epoll_fd,
+        events,
+        ms as isize as usize,
+    )
+}
+
+/// The one body of `epoll_pwait` and `epoll_pwait2` (same arguments but the fourth: an
+/// `int` of milliseconds, or a pointer to a `__kernel_timespec` or null), with a null
+/// signal mask, into `events`' spare capacity.
+fn raw_epoll_wait(
+    nr: libc::c_long,
+    epoll_fd: BorrowedFd<'_>,
+    events: &mut Vec<epoll::Event>,
+    timeout: usize,
+) -> rustix::io::Result<usize> {
     let len = events.len();
     let spare = events.capacity() - len;
     let max = libc::c_int::try_from(spare).unwrap_or(libc::c_int::MAX);
     // SAFETY: the kernel writes at most `max` events, each the layout of `epoll::Event`
-    // (asserted above), into the vector's spare capacity starting at `len`; `ts_ptr` is
-    // null or points to `ts`, alive for the call; the signal mask is null (size 0).
+    // (asserted above), into the vector's spare capacity starting at `len`; `timeout` is an
+    // `int` for `epoll_pwait`, and for `epoll_pwait2` null or a pointer its caller keeps
+    // alive across this call; the signal mask is null (size 0).
     let n = unsafe {
         libc::syscall(
-            libc::SYS_epoll_pwait2,
+            nr,
             epoll_fd.as_raw_fd(),
             events.as_mut_ptr().add(len),
             max,
-            ts_ptr,
+            timeout,
             std::ptr::null::<libc::sigset_t>(),
             0usize,
         )
