@@ -1277,7 +1277,10 @@ impl Model {
         let mut timeout = self
             .next_deadline()
             .map(|deadline| deadline.saturating_sub(self.now));
-        if timeout != Some(0) && ((eager && self.busy) || !self.idle()) {
+        // As the engine: after a busy tick, look again without blocking only if more is
+        // published; otherwise park, where work published also makes the wait a poll.
+        let look_again = eager && self.busy && !self.idle();
+        if timeout != Some(0) && (look_again || !self.idle()) {
             timeout = Some(0);
         }
         if let Some(max) = max_wait {
