@@ -1159,7 +1159,14 @@ where
     /// takes the cross-thread cancels. Returns whether anything was found.
     fn drain(&self, d: Drv, cx: &P::Cx) -> bool {
         let mut any = false;
-        while let Ok(i) = self.pop_inbox() {
+        // Look at the head before popping: a pop that finds the ring empty tells "empty"
+        // from "claimed but unpublished" with a SeqCst fence (an `mfence` on x86), which
+        // the drain does not need — it stops at either — and most ticks end the drain so.
+        while self
+            .inbox
+            .head_ready(self.one_lap, |k| &self.slot(k as u32).inbox_cell)
+        {
+            let Ok(i) = self.pop_inbox() else { break };
             any = true;
             if self.slot(i).state.load(Ordering::Acquire) & CLAIM != PENDING {
                 self.finish(d, cx, i, TaskStatus::Canceled);
