@@ -38,11 +38,13 @@
 //!
 //! # Wake protocol
 //! One flag, `notified`: a producer swaps it to 1 after its push and wakes the platform
-//! only if it was 0; the driver, before it may block, swaps it to 0 and *then* looks for
-//! published work (inbox head, cancel stack). Both sides read-modify-write the one flag, so
-//! either the producer's swap comes first (the driver's swap acquires the push and does not
-//! sleep) or the driver's does (the producer sees 0 and wakes it): no wakeup is lost, and a
-//! burst costs one wake per sleep.
+//! only if it was 0; the driver, before it may block, swaps it to 0 (or finds it 0 already)
+//! and *then* looks for published work (inbox head, cancel stack). Producers
+//! read-modify-write the flag and only the driver clears it, so either a producer's swap
+//! comes before the clear (whose Acquire makes the push visible: the driver does not
+//! sleep) or after it (the first such producer sees 0 and wakes it): no wakeup is lost,
+//! and a burst costs one wake per sleep. A loop woken only by IO or timers finds the flag
+//! clear and pays no locked instruction for it.
 //!
 //! # Lifecycle
 //! The [`Lifecycle`] word decides every transition; the engine adds the blocking parts
@@ -1110,7 +1112,14 @@ where
             self.notified.store(0, Ordering::Release);
             return idle;
         }
-        self.notified.swap(0, Ordering::AcqRel);
+        // Clear `notified` only when set: a loop nobody woke (IO readiness, timers) finds
+        // it clear and saves a locked instruction per tick. Reading 0 is as good as
+        // writing it: a push after the 0 we read either reads that 0 in its own swap and
+        // wakes us, or follows another push that did; a push before it was seen by the
+        // swap that wrote the 0, whose Acquire made its task visible to us.
+        if self.notified.load(Ordering::Relaxed) != 0 {
+            self.notified.swap(0, Ordering::AcqRel);
+        }
         !self.published()
     }
 
@@ -1174,7 +1183,8 @@ where
                 self.insert(d, i);
             }
         }
-        self.drain_cancels(d, cx) || any
+        // The empty stack's check here, inline: the call is not (most ticks find it empty).
+        (self.cancels.load(Ordering::Acquire) != NIL && self.drain_cancels(d, cx)) || any
     }
 
     fn drain_cancels(&self, d: Drv, cx: &P::Cx) -> bool {
@@ -1281,7 +1291,7 @@ where
         slot.state
             .store(((generation + 1) & GEN_MASK) << 2, Ordering::Release);
         self.set_loc(d, i, AWAY);
-        let pushed = self.free.push(
+        let pushed = self.free.push_single(
             self.cap,
             self.one_lap,
             |k| &self.slot(k as u32).free_cell,
@@ -1294,9 +1304,10 @@ where
 
     /// Pops the inbox's head. One method for every caller: each call of the ring's generic
     /// `pop` with its own closure would be a copy of it.
+    /// The driver is the inbox's only consumer, so the pop advances the head by a store.
     fn pop_inbox(&self) -> Result<u32, Empty> {
         self.inbox
-            .pop(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
+            .pop_single(self.cap, self.one_lap, |k| &self.slot(k as u32).inbox_cell)
     }
 
     #[inline(always)]

@@ -183,6 +183,77 @@ impl Ring {
         }
     }
 
+    /// [`push`](Self::push) for a ring with one producer (the engine's free ring: only the
+    /// driver frees slots). The position is claimed by a store, not a compare-and-swap: no
+    /// other push can race for it. Pops on other threads read `tail` only to tell "empty"
+    /// from "claimed but unpublished", which the store answers as the CAS did.
+    pub(crate) fn push_single<'a>(
+        &self,
+        cap: usize,
+        one_lap: usize,
+        cell: impl Fn(usize) -> &'a RingCell,
+        value: u32,
+    ) -> Result<(), u32> {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let index = tail & (one_lap - 1);
+        let lap = tail & !(one_lap - 1);
+        let c = cell(index);
+        while c.load_stamp(index) != tail {
+            // The cell still holds last lap's value: either every cell is full, or a pop
+            // has taken it (moved `head`) and not yet released it (stored its stamp).
+            fence(Ordering::SeqCst);
+            if self.head.load(Ordering::Relaxed).wrapping_add(one_lap) == tail {
+                return Err(value);
+            }
+            crate::sync::spin_hint();
+        }
+        let next = if index + 1 < cap {
+            tail.wrapping_add(1)
+        } else {
+            lap.wrapping_add(one_lap)
+        };
+        self.tail.store(next, Ordering::Release);
+        c.value.store(value, Ordering::Relaxed);
+        c.store_stamp(index, tail.wrapping_add(1));
+        Ok(())
+    }
+
+    /// [`pop`](Self::pop) for a ring with one consumer (the engine's inbox: only the driver
+    /// takes from it). The head advances by a store, not a compare-and-swap. A pusher that
+    /// reads the old `head` after this store only sees the ring as it was a moment earlier
+    /// (the cell is released by its stamp, stored after).
+    pub(crate) fn pop_single<'a>(
+        &self,
+        cap: usize,
+        one_lap: usize,
+        cell: impl Fn(usize) -> &'a RingCell,
+    ) -> Result<u32, Empty> {
+        let head = self.head.load(Ordering::Relaxed);
+        let index = head & (one_lap - 1);
+        let lap = head & !(one_lap - 1);
+        let c = cell(index);
+        if c.load_stamp(index) != head.wrapping_add(1) {
+            // Not published: nothing pushed, or a push that claimed this position has not
+            // yet stored its stamp. The SeqCst fence orders our stamp read before the tail
+            // read, as in `pop`.
+            fence(Ordering::SeqCst);
+            return Err(if self.tail.load(Ordering::Relaxed) == head {
+                Empty::Empty
+            } else {
+                Empty::Unpublished
+            });
+        }
+        let next = if index + 1 < cap {
+            head.wrapping_add(1)
+        } else {
+            lap.wrapping_add(one_lap)
+        };
+        self.head.store(next, Ordering::Release);
+        let value = c.value.load(Ordering::Relaxed);
+        c.store_stamp(index, head.wrapping_add(one_lap));
+        Ok(value)
+    }
+
     /// Whether the value at the head is published (the next `pop` returns it). For the
     /// ring's only consumer.
     pub(crate) fn head_ready<'a>(
