@@ -433,7 +433,7 @@ impl Platform for LinuxPlatform {
                 for event in events.iter() {
                     let token = event.data.u64();
                     if token == WAKEUP_TOKEN {
-                        self.wakeup.drain();
+                        self.wakeup.consume();
                     } else if token == TIMER_TOKEN {
                         // Edge-triggered and re-armed (which resets its count) before each
                         // timed wait: nothing to read. The engine runs what is due.
