@@ -56,6 +56,17 @@ impl RingCell {
     }
 }
 
+/// The position after `pos` in a ring of `cap` cells: the next index of the same lap, or
+/// index 0 of the next lap after the last cell.
+#[inline(always)]
+fn next_position(pos: usize, cap: usize, one_lap: usize) -> usize {
+    if (pos & (one_lap - 1)) + 1 < cap {
+        pos.wrapping_add(1)
+    } else {
+        (pos & !(one_lap - 1)).wrapping_add(one_lap)
+    }
+}
+
 /// The head and tail of a ring; the cells are handed in by the caller.
 #[derive(Debug)]
 pub(crate) struct Ring {
@@ -100,15 +111,10 @@ impl Ring {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
             let index = tail & (one_lap - 1);
-            let lap = tail & !(one_lap - 1);
             let c = cell(index);
             let stamp = c.load_stamp(index);
             if stamp == tail {
-                let next = if index + 1 < cap {
-                    tail.wrapping_add(1)
-                } else {
-                    lap.wrapping_add(one_lap)
-                };
+                let next = next_position(tail, cap, one_lap);
                 match self.tail.compare_exchange_weak(
                     tail,
                     next,
@@ -147,15 +153,10 @@ impl Ring {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             let index = head & (one_lap - 1);
-            let lap = head & !(one_lap - 1);
             let c = cell(index);
             let stamp = c.load_stamp(index);
             if stamp == head.wrapping_add(1) {
-                let next = if index + 1 < cap {
-                    head.wrapping_add(1)
-                } else {
-                    lap.wrapping_add(one_lap)
-                };
+                let next = next_position(head, cap, one_lap);
                 match self.head.compare_exchange_weak(
                     head,
                     next,
@@ -196,7 +197,6 @@ impl Ring {
     ) -> Result<(), u32> {
         let tail = self.tail.load(Ordering::Relaxed);
         let index = tail & (one_lap - 1);
-        let lap = tail & !(one_lap - 1);
         let c = cell(index);
         while c.load_stamp(index) != tail {
             // The cell still holds last lap's value: either every cell is full, or a pop
@@ -207,11 +207,7 @@ impl Ring {
             }
             crate::sync::spin_hint();
         }
-        let next = if index + 1 < cap {
-            tail.wrapping_add(1)
-        } else {
-            lap.wrapping_add(one_lap)
-        };
+        let next = next_position(tail, cap, one_lap);
         self.tail.store(next, Ordering::Release);
         c.value.store(value, Ordering::Relaxed);
         c.store_stamp(index, tail.wrapping_add(1));
@@ -230,7 +226,6 @@ impl Ring {
     ) -> Result<u32, Empty> {
         let head = self.head.load(Ordering::Relaxed);
         let index = head & (one_lap - 1);
-        let lap = head & !(one_lap - 1);
         let c = cell(index);
         if c.load_stamp(index) != head.wrapping_add(1) {
             // Not published: nothing pushed, or a push that claimed this position has not
@@ -243,11 +238,7 @@ impl Ring {
                 Empty::Unpublished
             });
         }
-        let next = if index + 1 < cap {
-            head.wrapping_add(1)
-        } else {
-            lap.wrapping_add(one_lap)
-        };
+        let next = next_position(head, cap, one_lap);
         self.head.store(next, Ordering::Release);
         let value = c.value.load(Ordering::Relaxed);
         c.store_stamp(index, head.wrapping_add(one_lap));
