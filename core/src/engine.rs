@@ -16,8 +16,9 @@
 //! thread — pushes the index into the *inbox* ring, whose push linearizes the schedule
 //! (serialized FIFO) and tells the producer whether the loop must be woken (see
 //! [Wake protocol](#wake-protocol)). The driver's tick drains the inbox into the scheduler
-//! (an intrusive ready list and a 4-ary heap keyed by `(deadline, submission)`, both
-//! inside the slots), runs the due batch, and pushes each finished slot back into the
+//! (an intrusive ready list, and for timers a wheel of 256 buckets in front of a 4-ary
+//! heap keyed by `(deadline, submission)`, all inside the slots but the wheel's bucket
+//! heads), runs the due batch, and pushes each finished slot back into the
 //! free ring with its generation bumped. On the loop thread, `schedule` inserts into the
 //! scheduler directly.
 //!
@@ -87,6 +88,12 @@ const TIMED: u8 = 2;
 const ZOMBIE: u8 = 3;
 /// Its cancel-stack entry was taken while it was still in the inbox.
 const STACK_SEEN: u8 = 4;
+/// In a bucket of the timer wheel (`prev`/`next`: the bucket's list).
+const WHEELED: u8 = 5;
+
+/// Buckets of the timer wheel (a power of two, a multiple of 64).
+const WHEEL_BUCKETS: usize = 256;
+const WHEEL_WORDS: usize = WHEEL_BUCKETS / 64;
 
 // How a task was scheduled (the slot owner writes it before publishing the slot).
 const KIND_NOW: u8 = 0;
@@ -424,6 +431,68 @@ impl Local {
     };
 }
 
+/// The timer wheel in front of the heap (the driver's alone). A timer whose bucket tick
+/// (`deadline >> P::TIMER_WHEEL_SHIFT`) is in `(cur, cur + WHEEL_BUCKETS)` waits in bucket
+/// `tick % WHEEL_BUCKETS`, a doubly linked list through the slots (O(1) insert and
+/// cancel); any other timer goes straight to the heap. Before the heap's minimum is
+/// trusted (for a wait's timeout, a batch, a destroy), every bucket that starts at or
+/// before it moves into the heap (`settle`), so the heap's minimum is always the earliest
+/// deadline of all and the `(deadline, submission)` order is the heap's. With a million
+/// timers over 200 ms the heap holds a bucket's worth (~5,000), whose top levels stay in
+/// cache, instead of a million.
+struct Wheel {
+    /// Every bucketed timer's tick is above this.
+    cur: u64,
+    len: u32,
+    /// At most the start of the first occupied bucket (a lower bound, raised lazily).
+    next_start: u64,
+    heads: [u32; WHEEL_BUCKETS],
+    occupied: [u64; WHEEL_WORDS],
+}
+
+impl Wheel {
+    const EMPTY: Wheel = Wheel {
+        cur: 0,
+        len: 0,
+        next_start: u64::MAX,
+        heads: [NIL; WHEEL_BUCKETS],
+        occupied: [0; WHEEL_WORDS],
+    };
+
+    /// The tick of the first occupied bucket after `cur`, if any.
+    fn first_tick(&self) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        let start = (self.cur.wrapping_add(1) as usize) & (WHEEL_BUCKETS - 1);
+        let (word0, bit0) = (start / 64, start % 64);
+        // Words from `start`'s, wrapping round to it again for the bits below `start`.
+        for step in 0..=WHEEL_WORDS {
+            let w = (word0 + step) % WHEEL_WORDS;
+            let mut bits = self.occupied[w];
+            if step == 0 {
+                bits &= u64::MAX << bit0;
+            } else if step == WHEEL_WORDS {
+                bits &= !(u64::MAX << bit0);
+            }
+            if bits != 0 {
+                let b = w * 64 + bits.trailing_zeros() as usize;
+                let dist = b.wrapping_sub(start) & (WHEEL_BUCKETS - 1);
+                return Some(self.cur + 1 + dist as u64);
+            }
+        }
+        None
+    }
+
+    fn set(&mut self, b: usize, occupied: bool) {
+        if occupied {
+            self.occupied[b / 64] |= 1 << (b % 64);
+        } else {
+            self.occupied[b / 64] &= !(1 << (b % 64));
+        }
+    }
+}
+
 /// Proof that the calling thread is the loop's driver (its thread, a `turn` caller, or the
 /// thread destroying it). Only the engine makes one, after checking; every access to the
 /// driver-only state takes it.
@@ -490,6 +559,7 @@ where
     free: Ring,
     inbox: Ring,
     local: UnsafeCell<Local>,
+    wheel: UnsafeCell<Wheel>,
     slots: S,
     #[cfg(loom)]
     canary: Canary,
@@ -570,6 +640,7 @@ where
             free: Ring::new(),
             inbox: Ring::new(),
             local: UnsafeCell::new(Local::EMPTY),
+            wheel: UnsafeCell::new(Wheel::EMPTY),
             slots: [const { Slot::new() }; N],
             _task: PhantomData,
         }
@@ -606,6 +677,7 @@ where
             free: Ring::new(),
             inbox: Ring::new(),
             local: UnsafeCell::new(Local::EMPTY),
+            wheel: UnsafeCell::new(Wheel::EMPTY),
             slots,
             #[cfg(loom)]
             canary: Canary::None,
@@ -779,6 +851,10 @@ where
                 TIMED => {
                     let pos = self.sl(d, r.slot).prev;
                     self.heap_remove(d, pos);
+                    self.finish(d, cx, r.slot, TaskStatus::Canceled);
+                }
+                WHEELED => {
+                    self.wheel_unlink(d, r.slot);
                     self.finish(d, cx, r.slot, TaskStatus::Canceled);
                 }
                 // Still behind an unpublished push in the inbox, or already run canceled
@@ -1209,6 +1285,11 @@ where
                     self.set_loc(d, i, STACK_SEEN);
                     self.finish(d, cx, i, TaskStatus::Canceled);
                 }
+                WHEELED => {
+                    self.wheel_unlink(d, i);
+                    self.set_loc(d, i, STACK_SEEN);
+                    self.finish(d, cx, i, TaskStatus::Canceled);
+                }
                 ZOMBIE => {
                     self.el_update(d, |l| l.zombies -= 1);
                     self.free_slot(d, i);
@@ -1365,7 +1446,7 @@ where
         let seq = self.take_seq(d);
         self.sl_update(d, i, |s| s.seq = seq);
         if self.owned(d, i).kind == KIND_AT {
-            self.heap_push(d, i);
+            self.timer_push(d, i);
         } else {
             self.ready_push_back(d, i);
         }
@@ -1376,11 +1457,16 @@ where
         if l.ready_len > 0 {
             return Some(0);
         }
-        (l.heap_len > 0).then(|| self.sl(d, 0).heap_key.0)
+        self.settle(d);
+        (self.el(d).heap_len > 0).then(|| self.sl(d, 0).heap_key.0)
     }
 
     fn begin(&self, d: Drv, now: u64) -> Batch {
-        while self.el(d).heap_len > 0 {
+        loop {
+            self.settle(d);
+            if self.el(d).heap_len == 0 {
+                break;
+            }
             let SlotLocal {
                 heap: top,
                 heap_key,
@@ -1394,6 +1480,10 @@ where
             self.sl_update(d, top, |s| s.seq = seq);
             self.ready_push_back(d, top);
         }
+        // Every bucketed timer is due after `now`'s bucket now (`settle` moved the earlier
+        // ones), so the wheel's window can start there: timers armed later land in it.
+        let t = Self::tick_of(now);
+        self.wh(d, |w| w.cur = w.cur.max(t));
         Batch(self.el(d).next_seq)
     }
 
@@ -1413,7 +1503,8 @@ where
             self.ready_unlink(d, head);
             return Some(head);
         }
-        if l.heap_len > 0 {
+        self.settle(d);
+        if self.el(d).heap_len > 0 {
             let top = self.sl(d, 0).heap;
             self.heap_remove(d, 0);
             return Some(top);
@@ -1453,6 +1544,118 @@ where
         }
         self.el_update(d, |l| l.ready_len -= 1);
         self.set_loc(d, i, AWAY);
+    }
+
+    // The timer wheel (see `Wheel`).
+
+    fn tick_of(deadline: u64) -> u64 {
+        const {
+            assert!(
+                P::TIMER_WHEEL_SHIFT < 64,
+                "TIMER_WHEEL_SHIFT must be below 64"
+            )
+        };
+        deadline >> P::TIMER_WHEEL_SHIFT
+    }
+
+    fn tick_start(tick: u64) -> u64 {
+        tick.saturating_mul(1 << P::TIMER_WHEEL_SHIFT)
+    }
+
+    #[inline(always)]
+    fn wh<R>(&self, _d: Drv, f: impl FnOnce(&mut Wheel) -> R) -> R {
+        // SAFETY: `Drv` proves the caller is the driver, the only thread touching `wheel`;
+        // `f` gets no access to anything that could alias it.
+        self.wheel.with_mut(|p| f(unsafe { &mut *p }))
+    }
+
+    /// A timer into its wheel bucket, or into the heap when its bucket is the current one
+    /// (or earlier) or beyond the wheel's reach.
+    fn timer_push(&self, d: Drv, i: u32) {
+        let t = Self::tick_of(self.owned(d, i).deadline);
+        let head = self.wh(d, |w| {
+            if t <= w.cur || t - w.cur >= WHEEL_BUCKETS as u64 {
+                return None;
+            }
+            let b = t as usize & (WHEEL_BUCKETS - 1);
+            let head = w.heads[b];
+            w.heads[b] = i;
+            w.set(b, true);
+            w.len += 1;
+            w.next_start = w.next_start.min(Self::tick_start(t));
+            Some(head)
+        });
+        let Some(head) = head else {
+            self.heap_push(d, i);
+            return;
+        };
+        self.sl_update(d, i, |s| {
+            s.loc = WHEELED;
+            s.prev = NIL;
+            s.next = head;
+        });
+        if head != NIL {
+            self.sl_update(d, head, |s| s.prev = i);
+        }
+    }
+
+    fn wheel_unlink(&self, d: Drv, i: u32) {
+        let SlotLocal { prev, next, .. } = self.sl(d, i);
+        if prev == NIL {
+            let b = Self::tick_of(self.owned(d, i).deadline) as usize & (WHEEL_BUCKETS - 1);
+            self.wh(d, |w| {
+                w.heads[b] = next;
+                if next == NIL {
+                    w.set(b, false);
+                }
+            });
+        } else {
+            self.sl_update(d, prev, |s| s.next = next);
+        }
+        if next != NIL {
+            self.sl_update(d, next, |s| s.prev = prev);
+        }
+        self.wh(d, |w| w.len -= 1);
+        self.set_loc(d, i, AWAY);
+    }
+
+    /// Moves wheel buckets into the heap until the heap's minimum comes before every
+    /// bucketed timer (or the wheel is empty): then it is the earliest deadline of all.
+    fn settle(&self, d: Drv) {
+        loop {
+            let (len, lower) = self.wh(d, |w| (w.len, w.next_start));
+            if len == 0 {
+                return;
+            }
+            let min = (self.el(d).heap_len > 0).then(|| self.sl(d, 0).heap_key.0);
+            if min.is_some_and(|m| m < lower) {
+                return;
+            }
+            let Some(t) = self.wh(d, |w| w.first_tick()) else {
+                return;
+            };
+            let start = Self::tick_start(t);
+            if min.is_some_and(|m| m < start) {
+                self.wh(d, |w| w.next_start = start);
+                return;
+            }
+            // Bucket `t` comes next: into the heap, all of it.
+            let b = t as usize & (WHEEL_BUCKETS - 1);
+            let mut i = self.wh(d, |w| {
+                let head = w.heads[b];
+                w.heads[b] = NIL;
+                w.set(b, false);
+                w.cur = t;
+                w.next_start = Self::tick_start(t.saturating_add(1));
+                head
+            });
+            while i != NIL {
+                let next = self.sl(d, i).next;
+                self.wh(d, |w| w.len -= 1);
+                self.heap_push(d, i);
+                i = next;
+            }
+        }
     }
 
     // The timer heap: 4-ary, its entry at position `p` kept in slot `p`'s local part (the

@@ -143,6 +143,9 @@ impl<Cx, const N: usize> SimPlatform<Cx, N> {
 impl<Cx, const N: usize> Platform for SimPlatform<Cx, N> {
     type Cx = Cx;
     type Error = SimError;
+    /// Buckets of 4 ticks of the simulated clock, so that scripts and fuzz inputs with
+    /// small deadlines exercise the timer wheel as well as the heap.
+    const TIMER_WHEEL_SHIFT: u32 = 2;
 
     fn now(&self) -> u64 {
         self.now.get()

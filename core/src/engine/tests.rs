@@ -70,6 +70,9 @@ struct Sim {
 impl Platform for Sim {
     type Cx = Cx;
     type Error = ();
+    /// Buckets of 4 ticks: the tests' deadlines (tens to thousands of ticks) exercise the
+    /// timer wheel, its buckets, its window and its overflow into the heap.
+    const TIMER_WHEEL_SHIFT: u32 = 2;
 
     fn now(&self) -> u64 {
         assert!(!self.clock_panics.load(Ordering::Acquire), "on demand");
@@ -545,19 +548,30 @@ impl Reference {
 
 #[test]
 fn random_churn_agrees_with_a_reference_model() {
-    churn(7, 4);
+    churn(7, 4, 40);
 }
 
 /// A deep timer heap (up to 200 pending, four levels of the 4-ary heap) churned by
 /// cancels at every position: removals from the middle sift both ways.
 #[test]
 fn random_churn_of_a_deep_timer_heap_agrees_with_the_reference_model() {
-    churn(200, 1);
+    churn(200, 1, 40);
+}
+
+/// Deadlines up to 3,000 ticks ahead against the test platform's wheel of 256 buckets of
+/// 4 ticks (a 1,024-tick window): timers in buckets, in the heap behind them (the current
+/// bucket) and beyond them (past the window), cancels from every bucket position, and
+/// the window moving round the wheel many times; the order and every wait's timeout are
+/// the reference model's.
+#[test]
+fn random_churn_across_the_timer_wheel_agrees_with_the_reference_model() {
+    churn(200, 2, 3_000);
 }
 
 /// Random schedules, cancels (also stale ones) and turns on an engine of `cap` slots,
-/// checked against [`Reference`]; `turns` in 10 steps are turns (fewer: more pending).
-fn churn(cap: usize, turns: u64) {
+/// checked against [`Reference`]; `turns` in 10 steps are turns (fewer: more pending);
+/// deadlines up to `spread` ticks ahead, the clock moving up to ¾ of that per turn.
+fn churn(cap: usize, turns: u64, spread: u64) {
     let (e, log) = (eng(slots(cap)), Log::default());
     let mut model = Reference::default();
     let (mut seed, mut id) = (0x9E37_79B9_7F4A_7C15_u64, 0);
@@ -574,7 +588,7 @@ fn churn(cap: usize, turns: u64) {
         match roll {
             0..=3 => {
                 let timed = !next(&mut seed).is_multiple_of(3);
-                let deadline = timed.then(|| now + next(&mut seed) % 40);
+                let deadline = timed.then(|| now + next(&mut seed) % spread);
                 let when = deadline.map_or(When::Now, When::At);
                 match e.schedule(rec(&log, id), when) {
                     Ok(r) => {
@@ -611,11 +625,11 @@ fn churn(cap: usize, turns: u64) {
                     }
                 }
             }
-            _ => model.turn(&e, &log, next(&mut seed) % 30),
+            _ => model.turn(&e, &log, next(&mut seed) % (spread * 3 / 4)),
         }
     }
     while !model.pending.is_empty() {
-        model.turn(&e, &log, 50);
+        model.turn(&e, &log, spread + 10);
     }
     assert_eq!(e.pending(), 0);
 }

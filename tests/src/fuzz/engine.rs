@@ -397,6 +397,8 @@ fn on_ready(cx: &Cx, token: u32) {
 impl Platform for Wrap {
     type Cx = Cx;
     type Error = SimError;
+    /// The simulated platform's (small buckets, so fuzz inputs reach the timer wheel).
+    const TIMER_WHEEL_SHIFT: u32 = 2;
 
     fn now(&self) -> u64 {
         self.sim.now()
